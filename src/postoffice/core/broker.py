@@ -1,0 +1,72 @@
+"""The broker model: virtual hosts, users, and the connections open on them."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from ..errors import AccessRefused, NotAllowed
+from ..store import MemoryStore, Store
+from .clock import Clock, SystemClock
+from .connection import Connection
+from .message import Properties
+from .vhost import VHost
+
+__all__ = ["Broker", "ReplyToRewriter"]
+
+# Gives a message's properties with reply_to replaced; the codec knows how.
+ReplyToRewriter = Callable[[Properties, str], Properties]
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        users: dict[str, str] | None = None,
+        default_vhost: str = "/",
+        rewrite_reply_to: ReplyToRewriter | None = None,
+    ) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.users: dict[str, str] = dict(users if users is not None else {"guest": "guest"})
+        self.vhosts: dict[str, VHost] = {default_vhost: VHost(default_vhost, self.store)}
+        self.connections: set[Connection] = set()
+        self._rewrite_reply_to = rewrite_reply_to
+        self._recover()
+
+    def _recover(self) -> None:
+        definitions = self.store.recover()
+        for exchange in definitions.exchanges:
+            self._vhost_for_recovery(exchange.vhost).restore_exchange(exchange)
+        for queue in definitions.queues:
+            self._vhost_for_recovery(queue.vhost).restore_queue(queue)
+        for binding in definitions.bindings:
+            self._vhost_for_recovery(binding.vhost).restore_binding(binding)
+
+    def _vhost_for_recovery(self, name: str) -> VHost:
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            vhost = self.vhosts[name] = VHost(name, self.store)
+        return vhost
+
+    def authenticate(self, user: str, password: str) -> bool:
+        expected = self.users.get(user)
+        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+
+    def connect(self, vhost_name: str, user: str) -> Connection:
+        """Opens a connection for an authenticated user on a vhost."""
+        if user not in self.users:
+            raise AccessRefused(f"access to vhost '{vhost_name}' refused for user '{user}'")
+        vhost = self.vhosts.get(vhost_name)
+        if vhost is None:
+            raise NotAllowed(f"vhost {vhost_name} not found")
+        connection = Connection(self, vhost, user)
+        self.connections.add(connection)
+        return connection
+
+    def rewrite_reply_to(self, properties: Properties, reply_to: str) -> Properties:
+        if self._rewrite_reply_to is None:
+            raise NotAllowed("direct reply-to needs a codec that can rewrite properties")
+        return self._rewrite_reply_to(properties, reply_to)

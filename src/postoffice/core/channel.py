@@ -1,0 +1,469 @@
+"""A channel's delivery state: consumers, unacked deliveries, prefetch, confirms, transactions.
+
+The core channel does not know how its deliveries travel: it hands them to a
+:class:`DeliverySink` (the server's network channel today, an in-process client
+later).  Delivery tags are numbered per channel from 1.  Unacked deliveries live in
+a dict keyed by tag, in tag order, so an ack is a dict pop and ``multiple`` walks a
+range of tags.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import (
+    AccessRefused,
+    AMQPNotImplemented,
+    NotAllowed,
+    NotFound,
+    PreconditionFailed,
+)
+from .message import Message, Properties, QueueEntry
+from .queue import Queue
+from .vhost import DIRECT_REPLY_TO, VHost
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Channel", "Consumer", "DeliverySink"]
+
+NO_ROUTE = 312
+
+
+class DeliverySink(Protocol):
+    """Where a channel's outgoing traffic goes."""
+
+    def deliver(
+        self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
+    ) -> None:
+        """A basic.deliver of ``message`` to the consumer ``consumer_tag``."""
+
+    def returned(self, reply_code: int, reply_text: str, message: Message) -> None:
+        """A basic.return of an unroutable mandatory message."""
+
+    def confirm(self, seq: int, ack: bool) -> None:
+        """The publish numbered ``seq`` is confirmed (ack) or refused (nack)."""
+
+    def consumer_cancelled(self, consumer_tag: str) -> None:
+        """The broker cancelled a consumer (its queue went away)."""
+
+
+class Consumer:
+    __slots__ = (
+        "arguments",
+        "channel",
+        "exclusive",
+        "no_ack",
+        "prefetch",
+        "queue",
+        "tag",
+        "unacked",
+    )
+
+    def __init__(
+        self,
+        tag: str,
+        queue: Queue | None,
+        channel: Channel,
+        *,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: int,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        self.tag = tag
+        self.queue = queue
+        self.channel = channel
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.prefetch = prefetch
+        self.unacked = 0
+        self.arguments = dict(arguments or {})
+
+    def ready(self) -> bool:
+        channel = self.channel
+        if not channel.flow_active or not channel.connection.writable:
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        limit = channel.global_prefetch
+        return not limit or channel.unacked_count < limit
+
+    def deliver(self, entry: QueueEntry) -> None:
+        self.channel.deliver(self, entry)
+
+    def __repr__(self) -> str:
+        return f"Consumer({self.tag!r})"
+
+
+# An unacked delivery: the entry, the queue it came from, the consumer it went to
+# (None for basic.get).
+Unacked = tuple[QueueEntry, Queue | None, Consumer | None]
+
+
+class Channel:
+    def __init__(self, connection: Connection, number: int, sink: DeliverySink) -> None:
+        self.connection = connection
+        self.vhost: VHost = connection.vhost
+        self.number = number
+        self.sink = sink
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, Unacked] = {}
+        self._next_tag = 1
+        self._ack_floor = 1  # no unacked tag is below this
+        self.prefetch_count = 0  # for consumers created from now on
+        self.global_prefetch = 0
+        self.unacked_count = 0  # consumer deliveries awaiting ack
+        self.flow_active = True
+        self.confirm_mode = False
+        self._publish_seq = 0
+        self.tx_mode = False
+        self._tx_publishes: list[tuple[str, Message, bool]] = []
+        self._tx_settles: list[tuple[list[Unacked], bool]] = []
+        self._tx_taken: list[tuple[int, Unacked]] = []
+        self.last_queue: str | None = None
+        self.reply_address: str | None = None
+        self.closed = False
+
+    # -- queues --------------------------------------------------------------------
+
+    def queue_name(self, name: str) -> str:
+        """An empty queue name means the queue last declared on this channel."""
+        if name:
+            return name
+        if self.last_queue is None:
+            raise NotFound("no previously declared queue")
+        return self.last_queue
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Queue | None:
+        """Declares a queue and remembers it as the channel's last; None for the reply-to pseudo-queue."""
+        if passive and (name == DIRECT_REPLY_TO or self.vhost.reply_consumer(name) is not None):
+            return None
+        if passive and not name:
+            name = self.queue_name(name)
+        queue = self.vhost.declare_queue(
+            name,
+            owner=self.connection,
+            passive=passive,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        if queue.exclusive:
+            self.connection.exclusive_queues[queue.name] = queue
+        self.last_queue = queue.name
+        return queue
+
+    def queue(self, name: str) -> Queue:
+        return self.vhost.queue(self.queue_name(name), self.connection)
+
+    def delete_queue(self, name: str, *, if_unused: bool, if_empty: bool) -> int:
+        name = self.queue_name(name)
+        count = self.vhost.delete_queue(
+            name, owner=self.connection, if_unused=if_unused, if_empty=if_empty
+        )
+        self.connection.exclusive_queues.pop(name, None)
+        return count
+
+    # -- consumers -----------------------------------------------------------------
+
+    def consume(
+        self,
+        queue_name: str,
+        tag: str,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> str:
+        if tag in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'")
+        if not tag:
+            tag = "amq.ctag-" + secrets.token_urlsafe(16)
+        if queue_name == DIRECT_REPLY_TO:
+            return self._consume_replies(tag, no_ack)
+        queue = self.queue(queue_name)
+        if queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers)):
+            raise AccessRefused(
+                f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use"
+            )
+        consumer = Consumer(
+            tag,
+            queue,
+            self,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            prefetch=self.prefetch_count,
+            arguments=arguments,
+        )
+        self.consumers[tag] = consumer
+        queue.add_consumer(consumer)
+        return tag
+
+    def _consume_replies(self, tag: str, no_ack: bool) -> str:
+        if not no_ack:
+            raise PreconditionFailed("reply consumer cannot acknowledge")
+        if self.reply_address is not None:
+            raise PreconditionFailed("reply consumer already set")
+        consumer = Consumer(
+            tag, None, self, no_ack=True, exclusive=True, prefetch=0, arguments=None
+        )
+        self.consumers[tag] = consumer
+        self.reply_address = self.vhost.add_reply_consumer(consumer)
+        return tag
+
+    def start(self, tag: str) -> None:
+        """Starts deliveries to a new consumer, once the client has its consume-ok."""
+        consumer = self.consumers.get(tag)
+        if consumer is not None and consumer.queue is not None:
+            consumer.queue.dispatch()
+
+    def cancel(self, tag: str) -> None:
+        """Cancels a consumer; an unknown tag is not an error (AMQP 0-9-1 basic.cancel)."""
+        consumer = self.consumers.pop(tag, None)
+        if consumer is not None:
+            self._detach(consumer)
+
+    def _detach(self, consumer: Consumer) -> None:
+        queue = consumer.queue
+        if queue is None:
+            if self.reply_address is not None:
+                self.vhost.remove_reply_consumer(self.reply_address)
+                self.reply_address = None
+            return
+        queue.remove_consumer(consumer)
+        if queue.unused_auto_delete and not queue.deleted:
+            self.vhost.remove_queue(queue)
+
+    def cancelled_by_server(self, consumer: Consumer) -> None:
+        if self.consumers.pop(consumer.tag, None) is not None:
+            if consumer.queue is not None:
+                consumer.queue.remove_consumer(consumer)
+            self.sink.consumer_cancelled(consumer.tag)
+
+    # -- delivery ------------------------------------------------------------------
+
+    def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        if not consumer.no_ack:
+            self.unacked[tag] = (entry, consumer.queue, consumer)
+            consumer.unacked += 1
+            self.unacked_count += 1
+        self.sink.deliver(consumer.tag, tag, entry.redelivered, entry.message)
+
+    def get(self, queue_name: str, no_ack: bool) -> tuple[int, QueueEntry, int] | None:
+        """basic.get: (delivery tag, entry, messages left) or None when the queue is empty."""
+        queue = self.queue(queue_name)
+        entry = queue.get()
+        if entry is None:
+            return None
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        if not no_ack:
+            self.unacked[tag] = (entry, queue, None)
+        return tag, entry, queue.message_count
+
+    def qos(self, prefetch_size: int, prefetch_count: int, global_: bool) -> None:
+        if prefetch_size:
+            raise AMQPNotImplemented(f"prefetch_size!=0 ({prefetch_size})")
+        if global_:
+            self.global_prefetch = prefetch_count
+        else:
+            self.prefetch_count = prefetch_count
+        self._kick_all()
+
+    def flow(self, active: bool) -> None:
+        self.flow_active = active
+        if active:
+            self._kick_all()
+
+    def _kick_all(self) -> None:
+        for queue in {c.queue for c in self.consumers.values() if c.queue is not None}:
+            queue.dispatch()
+
+    # -- acknowledgements ----------------------------------------------------------
+
+    def _take(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
+        unacked = self.unacked
+        if multiple and delivery_tag == 0:
+            taken = list(unacked.items())
+            unacked.clear()
+        else:
+            if delivery_tag not in unacked:
+                raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+            if not multiple:
+                record = unacked.pop(delivery_tag)
+                if self.tx_mode:
+                    self._tx_taken.append((delivery_tag, record))
+                return [record]
+            taken = []
+            for tag in range(self._ack_floor, delivery_tag + 1):
+                record_ = unacked.pop(tag, None)
+                if record_ is not None:
+                    taken.append((tag, record_))
+        self._ack_floor = max(self._ack_floor, delivery_tag + 1)
+        if self.tx_mode:
+            self._tx_taken.extend(taken)
+        return [record for _, record in taken]
+
+    def ack(self, delivery_tag: int, multiple: bool) -> None:
+        records = self._take(delivery_tag, multiple)
+        if self.tx_mode:
+            self._tx_settles.append((records, False))
+        else:
+            self._settle(records, requeue=False)
+
+    def nack(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
+        records = self._take(delivery_tag, multiple)
+        if self.tx_mode:
+            self._tx_settles.append((records, requeue))
+        else:
+            self._settle(records, requeue=requeue)
+
+    def reject(self, delivery_tag: int, requeue: bool) -> None:
+        self.nack(delivery_tag, False, requeue)
+
+    def recover(self, requeue: bool) -> None:
+        """basic.recover: every unacked delivery goes back to its queue, redelivered.
+
+        RabbitMQ treats requeue=false the same way (it never redelivers to the same
+        consumer), and so do we.
+        """
+        records = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(records, requeue=True)
+
+    def _settle(self, records: list[Unacked], requeue: bool) -> None:
+        kicked: set[Queue] = set()
+        returned: dict[Queue, list[QueueEntry]] = {}
+        for entry, queue, consumer in records:
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.unacked_count -= 1
+                if consumer.queue is not None:
+                    kicked.add(consumer.queue)
+            if requeue and queue is not None:
+                returned.setdefault(queue, []).append(entry)
+        for queue, entries in returned.items():
+            queue.requeue(entries)
+        if self.global_prefetch:
+            self._kick_all()
+        else:
+            for queue in kicked:
+                queue.dispatch()
+
+    # -- publishing ----------------------------------------------------------------
+
+    def publish(
+        self,
+        exchange_name: str,
+        routing_key: str,
+        mandatory: bool,
+        immediate: bool,
+        properties: Properties,
+        body: bytes,
+    ) -> None:
+        if immediate:
+            raise AMQPNotImplemented("immediate=true")
+        exchange = self.vhost.exchanges.get(exchange_name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{exchange_name}' in vhost '{self.vhost.name}'")
+        if exchange.internal:
+            raise AccessRefused(
+                f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.vhost.name}'"
+            )
+        if properties.reply_to == DIRECT_REPLY_TO:
+            if self.reply_address is None:
+                raise PreconditionFailed("fast reply consumer does not exist")
+            properties = self.connection.broker.rewrite_reply_to(properties, self.reply_address)
+        message = Message(exchange_name, routing_key, properties, body)
+        if self.tx_mode:
+            self._tx_publishes.append((exchange_name, message, mandatory))
+            return
+        self._route(message, mandatory)
+        if self.confirm_mode:
+            self._publish_seq += 1
+            self.sink.confirm(self._publish_seq, True)
+
+    def _route(self, message: Message, mandatory: bool) -> None:
+        vhost = self.vhost
+        exchange = vhost.exchanges.get(message.exchange)
+        if exchange is None:  # deleted inside a transaction
+            queues: Iterable[Queue] = ()
+        else:
+            queues = vhost.route(exchange, message)
+        routed = False
+        for queue in queues:
+            queue.publish(message)
+            routed = True
+        if not routed and message.exchange == "":
+            consumer = vhost.reply_consumer(message.routing_key)
+            if consumer is not None:
+                consumer.deliver(QueueEntry(0, message))
+                routed = True
+        if not routed and mandatory:
+            self.sink.returned(NO_ROUTE, "NO_ROUTE", message)
+
+    # -- confirms and transactions -------------------------------------------------
+
+    def select_confirm(self) -> None:
+        if self.tx_mode:
+            raise PreconditionFailed("cannot switch from tx to confirm mode")
+        self.confirm_mode = True
+
+    def select_tx(self) -> None:
+        if self.confirm_mode:
+            raise PreconditionFailed("cannot switch from confirm to tx mode")
+        self.tx_mode = True
+
+    def commit(self) -> None:
+        if not self.tx_mode:
+            raise PreconditionFailed("channel is not transactional")
+        publishes, settles = self._tx_publishes, self._tx_settles
+        self._tx_publishes, self._tx_settles, self._tx_taken = [], [], []
+        for _, message, mandatory in publishes:
+            self._route(message, mandatory)
+        for records, requeue in settles:
+            self._settle(records, requeue=requeue)
+
+    def rollback(self) -> None:
+        if not self.tx_mode:
+            raise PreconditionFailed("channel is not transactional")
+        if self._tx_taken:
+            for tag, record in self._tx_taken:
+                self.unacked[tag] = record
+            self.unacked = dict(sorted(self.unacked.items()))
+            self._ack_floor = min(self._ack_floor, min(tag for tag, _ in self._tx_taken))
+        self._tx_publishes, self._tx_settles, self._tx_taken = [], [], []
+
+    # -- closing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The channel is gone: cancel its consumers, requeue what it did not ack."""
+        if self.closed:
+            return
+        self.closed = True
+        for consumer in list(self.consumers.values()):
+            self._detach(consumer)
+        self.consumers.clear()
+        self._tx_publishes, self._tx_settles = [], []
+        for tag, record in self._tx_taken:
+            self.unacked[tag] = record
+        records = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(records, requeue=True)

@@ -1,0 +1,176 @@
+"""Exchanges: a name, a type, and the bindings that route through it."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PreconditionFailed
+from .routing import DirectRouter, FanoutRouter, HeadersRouter, Router, TopicRouter
+
+__all__ = ["EXCHANGE_TYPES", "Binding", "Exchange"]
+
+EXCHANGE_TYPES: dict[str, type[Router]] = {
+    "direct": DirectRouter,
+    "fanout": FanoutRouter,
+    "topic": TopicRouter,
+    "headers": HeadersRouter,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A route from ``source`` to a queue or exchange named ``destination``."""
+
+    source: str
+    destination: str
+    destination_is_queue: bool
+    routing_key: str
+    arguments: tuple[tuple[str, Any], ...]
+
+    @property
+    def arguments_dict(self) -> dict[str, Any]:
+        return dict(self.arguments)
+
+
+def freeze_arguments(arguments: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """A hashable form of a binding's arguments (nested tables and arrays included)."""
+    if not arguments:
+        return ()
+    return tuple(sorted((key, _freeze(value)) for key, value in arguments.items()))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("table", freeze_arguments(value))
+    if isinstance(value, list):
+        return ("array", tuple(_freeze(item) for item in value))
+    return value
+
+
+class Exchange:
+    __slots__ = (
+        "alternate",
+        "arguments",
+        "auto_delete",
+        "bindings",
+        "durable",
+        "internal",
+        "name",
+        "router",
+        "type",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments: dict[str, Any] = dict(arguments or {})
+        self.router: Router = EXCHANGE_TYPES[type]()
+        alternate = self.arguments.get("alternate-exchange")
+        self.alternate: str | None = _as_text(alternate) if alternate else None
+        # Bindings with this exchange as source, in the order they were made.
+        self.bindings: dict[Binding, Hashable] = {}
+
+    def add_binding(self, binding: Binding, destination: Hashable) -> bool:
+        """Adds a binding; False if the same one was there already."""
+        if binding in self.bindings:
+            return False
+        self.bindings[binding] = destination
+        self.router.bind(destination, binding.routing_key, binding.arguments_dict)
+        return True
+
+    def remove_binding(self, binding: Binding) -> bool:
+        destination = self.bindings.pop(binding, None)
+        if destination is None:
+            return False
+        self.router.unbind(destination, binding.routing_key, binding.arguments_dict)
+        return True
+
+    def check_equivalent(
+        self,
+        type: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Mapping[str, Any] | None,
+        vhost: str,
+    ) -> None:
+        """Raises 406 when a redeclare differs from this exchange, as RabbitMQ does."""
+        for field, received, current in (
+            ("type", type, self.type),
+            ("durable", durable, self.durable),
+            ("auto_delete", auto_delete, self.auto_delete),
+            ("internal", internal, self.internal),
+        ):
+            if received != current:
+                raise PreconditionFailed(
+                    f"inequivalent arg '{field}' for exchange '{self.name}' in vhost '{vhost}': "
+                    f"received '{_show(received)}' but current is '{_show(current)}'"
+                )
+        check_arguments_equivalent(
+            f"exchange '{self.name}' in vhost '{vhost}'",
+            self.arguments,
+            arguments or {},
+            ("alternate-exchange",),
+        )
+
+    def __repr__(self) -> str:
+        return f"Exchange({self.name!r}, {self.type!r})"
+
+
+def check_arguments_equivalent(
+    what: str, current: Mapping[str, Any], received: Mapping[str, Any], checked: tuple[str, ...]
+) -> None:
+    """Raises 406 when one of the ``checked`` arguments differs (RabbitMQ compares only those)."""
+    for key in checked:
+        have, want = current.get(key), received.get(key)
+        if freeze_arguments({"v": have}) != freeze_arguments({"v": want}):
+            if have is None:
+                shown = f"received the value '{_show(want)}' of type '{_type_name(want)}' but current is none"
+            elif want is None:
+                shown = f"received none but current is the value '{_show(have)}' of type '{_type_name(have)}'"
+            else:
+                shown = (
+                    f"received the value '{_show(want)}' of type '{_type_name(want)}' but current is "
+                    f"the value '{_show(have)}' of type '{_type_name(have)}'"
+                )
+            raise PreconditionFailed(f"inequivalent arg '{key}' for {what}: {shown}")
+
+
+def _as_text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _as_text(value)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "long" if -(2**31) <= value < 2**31 else "longlong"
+    if isinstance(value, str | bytes):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__

@@ -1,0 +1,61 @@
+"""Messages as the core sees them.
+
+The core never parses the wire format.  A message's properties come as an object
+that decodes itself when a rule first needs a field (the server passes the codec's
+lazy ``BasicProperties``); the core only reads attributes of it.  Bodies are bytes,
+passed through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["Message", "Properties", "QueueEntry"]
+
+
+class Properties(Protocol):
+    """What the core reads from a message's basic properties."""
+
+    @property
+    def headers(self) -> dict[str, Any] | None: ...
+
+    @property
+    def delivery_mode(self) -> int | None: ...
+
+    @property
+    def reply_to(self) -> str | None: ...
+
+    @property
+    def raw(self) -> bytes: ...
+
+
+class Message:
+    """One published message, shared by every queue it was routed to."""
+
+    __slots__ = ("body", "exchange", "properties", "routing_key")
+
+    def __init__(
+        self, exchange: str, routing_key: str, properties: Properties, body: bytes
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties = properties
+        self.body = body
+
+    @property
+    def persistent(self) -> bool:
+        return self.properties.delivery_mode == 2
+
+    def __repr__(self) -> str:
+        return f"Message({self.exchange!r}, {self.routing_key!r}, {len(self.body)} bytes)"
+
+
+class QueueEntry:
+    """A message's place in one queue: its position (``seq``) and whether it was delivered before."""
+
+    __slots__ = ("message", "redelivered", "seq")
+
+    def __init__(self, seq: int, message: Message, redelivered: bool = False) -> None:
+        self.seq = seq
+        self.message = message
+        self.redelivered = redelivered

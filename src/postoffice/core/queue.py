@@ -1,0 +1,170 @@
+"""Queues: messages in line, and the consumers they are pushed to.
+
+Theory of operation: a queue keeps waiting entries in a deque ordered by ``seq``
+(their place in line).  ``publish`` hands a new entry straight to a ready consumer
+when nothing waits ahead of it, else appends it; ``dispatch`` pushes waiting entries
+to ready consumers, round-robin, until one side runs out.  A consumer is ready while
+its channel has prefetch room and its connection's socket is draining.  Entries given
+back (nack/reject with requeue, channel close, recover) return to their old place in
+line, marked redelivered, as in RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .message import Message, QueueEntry
+
+if TYPE_CHECKING:
+    from .channel import Consumer
+
+__all__ = ["Queue"]
+
+
+class Queue:
+    __slots__ = (
+        "_consumers",
+        "_next_seq",
+        "_rr",
+        "arguments",
+        "auto_delete",
+        "deleted",
+        "durable",
+        "exclusive_owner",
+        "had_consumers",
+        "messages",
+        "name",
+        "vhost",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        vhost: str,
+        *,
+        durable: bool = False,
+        exclusive_owner: object | None = None,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.vhost = vhost
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments: dict[str, Any] = dict(arguments or {})
+        self.messages: deque[QueueEntry] = deque()
+        self._consumers: list[Consumer] = []
+        self._rr = 0
+        self._next_seq = 0
+        self.had_consumers = False
+        self.deleted = False
+
+    @property
+    def exclusive(self) -> bool:
+        return self.exclusive_owner is not None
+
+    @property
+    def consumers(self) -> list[Consumer]:
+        return self._consumers
+
+    @property
+    def message_count(self) -> int:
+        return len(self.messages)
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self._consumers)
+
+    # -- messages in ---------------------------------------------------------------
+
+    def publish(self, message: Message, redelivered: bool = False) -> QueueEntry:
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        entry = QueueEntry(seq, message, redelivered)
+        if not self.messages and self._consumers:
+            consumer = self._ready_consumer()
+            if consumer is not None:
+                consumer.deliver(entry)
+                return entry
+        self.messages.append(entry)
+        return entry
+
+    def requeue(self, entries: Iterable[QueueEntry]) -> None:
+        """Puts delivered entries back at their old place in line, marked redelivered."""
+        returned = sorted(entries, key=_by_seq)
+        if not returned or self.deleted:
+            return
+        for entry in returned:
+            entry.redelivered = True
+        waiting = self.messages
+        if not waiting or returned[-1].seq < waiting[0].seq:
+            waiting.extendleft(reversed(returned))
+        elif returned[0].seq > waiting[-1].seq:
+            waiting.extend(returned)
+        else:
+            merged = sorted([*waiting, *returned], key=_by_seq)
+            waiting.clear()
+            waiting.extend(merged)
+        self.dispatch()
+
+    # -- messages out --------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Pushes waiting entries to ready consumers until one side runs out."""
+        waiting = self.messages
+        while waiting and self._consumers:
+            consumer = self._ready_consumer()
+            if consumer is None:
+                return
+            consumer.deliver(waiting.popleft())
+
+    def get(self) -> QueueEntry | None:
+        return self.messages.popleft() if self.messages else None
+
+    def purge(self) -> int:
+        count = len(self.messages)
+        self.messages.clear()
+        return count
+
+    def _ready_consumer(self) -> Consumer | None:
+        consumers = self._consumers
+        count = len(consumers)
+        start = self._rr
+        for offset in range(count):
+            index = (start + offset) % count
+            consumer = consumers[index]
+            if consumer.ready():
+                self._rr = index + 1
+                return consumer
+        return None
+
+    # -- consumers -----------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        """Registers a consumer; the caller dispatches once the client knows of it (consume-ok)."""
+        self._consumers.append(consumer)
+        self.had_consumers = True
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        try:
+            index = self._consumers.index(consumer)
+        except ValueError:
+            return
+        del self._consumers[index]
+        if index < self._rr:
+            self._rr -= 1
+
+    @property
+    def unused_auto_delete(self) -> bool:
+        """True when an auto-delete queue has lost its last consumer and should go."""
+        return self.auto_delete and self.had_consumers and not self._consumers
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r}, {len(self.messages)} waiting)"
+
+
+def _by_seq(entry: QueueEntry) -> int:
+    return entry.seq

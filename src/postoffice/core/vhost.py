@@ -1,0 +1,461 @@
+"""A virtual host: its exchanges, queues and bindings, and the rules for changing them.
+
+Error texts follow RabbitMQ's word for word where clients or people match on them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
+from ..store import BindingRecord, ExchangeRecord, QueueRecord, Store
+from .exchange import (
+    EXCHANGE_TYPES,
+    Binding,
+    Exchange,
+    check_arguments_equivalent,
+    freeze_arguments,
+)
+from .message import Message
+from .queue import Queue
+
+if TYPE_CHECKING:
+    from .channel import Consumer
+
+__all__ = ["DIRECT_REPLY_TO", "VHost"]
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+_REPLY_TO_PREFIX = DIRECT_REPLY_TO + "."
+
+# The queue arguments RabbitMQ compares when a queue is declared again.
+QUEUE_EQUIVALENCE_ARGUMENTS = (
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-dead-letter-strategy",
+    "x-queue-master-locator",
+    "x-queue-leader-locator",
+    "x-initial-cluster-size",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+)
+
+_STANDARD_EXCHANGES = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+QueueCancelled = Callable[["Consumer"], None]
+
+
+class VHost:
+    def __init__(self, name: str, store: Store) -> None:
+        self.name = name
+        self.store = store
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        # Bindings by destination, so deleting a queue or exchange finds its bindings.
+        self._incoming: dict[tuple[bool, str], dict[Binding, None]] = {}
+        # Direct reply-to consumers by the token in their reply address.
+        self.reply_consumers: dict[str, Consumer] = {}
+        self.exchanges[""] = Exchange("", "direct", durable=True)
+        for name_, type_ in _STANDARD_EXCHANGES:
+            self.exchanges[name_] = Exchange(name_, type_, durable=True)
+
+    # -- exchanges -----------------------------------------------------------------
+
+    def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Exchange:
+        if not passive and type not in EXCHANGE_TYPES:
+            # RabbitMQ 3.10 closes the connection with 503 here; newer versions close the
+            # channel with 406, which is what clients' suites expect (docs/compatibility.md).
+            raise PreconditionFailed(f"invalid exchange type '{type}'")
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        existing = self.exchanges.get(name)
+        if passive:
+            if existing is None:
+                raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+            return existing
+        if existing is not None:
+            existing.check_equivalent(type, durable, auto_delete, internal, arguments, self.name)
+            return existing
+        _check_name("exchange", name)
+        exchange = Exchange(
+            name,
+            type,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
+        self.exchanges[name] = exchange
+        if durable:
+            self.store.put(_exchange_record(self.name, exchange))
+        return exchange
+
+    def exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # as RabbitMQ 3.x: deleting a missing exchange succeeds
+        if name.startswith("amq.") and name in dict(_STANDARD_EXCHANGES):
+            raise AccessRefused(
+                f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed"
+            )
+        if if_unused and exchange.bindings:
+            raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for binding in list(exchange.bindings):
+            self._remove_binding(binding, allow_auto_delete=False)
+        for binding in list(self._incoming.get((False, exchange.name), ())):
+            self._remove_binding(binding)
+        if exchange.durable:
+            self.store.delete(_exchange_record(self.name, exchange))
+
+    # -- queues --------------------------------------------------------------------
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        owner: object,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Queue:
+        if passive:
+            return self.queue(name, owner)
+        if name == "":
+            name = "amq.gen-" + secrets.token_urlsafe(16)
+        else:
+            _check_name("queue", name)
+        existing = self.queues.get(name)
+        if existing is not None:
+            self._check_access(existing, owner)
+            _check_queue_equivalent(
+                existing, durable, exclusive, auto_delete, arguments or {}, self.name
+            )
+            return existing
+        queue = Queue(
+            name,
+            self.name,
+            durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        self.queues[name] = queue
+        if durable and not exclusive:
+            self.store.put(_queue_record(queue))
+        return queue
+
+    def queue(self, name: str, owner: object) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        self._check_access(queue, owner)
+        return queue
+
+    def _check_access(self, queue: Queue, owner: object) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost "
+                f"'{self.name}'. It could be originally declared on another connection or the "
+                "exclusive property value does not match that of the original declaration."
+            )
+
+    def delete_queue(
+        self,
+        name: str,
+        *,
+        owner: object,
+        if_unused: bool = False,
+        if_empty: bool = False,
+        cancelled: QueueCancelled | None = None,
+    ) -> int:
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0  # as RabbitMQ 3.x: deleting a missing queue succeeds
+        self._check_access(queue, owner)
+        if if_unused and queue.consumer_count:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
+        if if_empty and queue.message_count:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is not empty")
+        return self.remove_queue(queue)
+
+    def remove_queue(self, queue: Queue) -> int:
+        """Deletes a queue, telling its consumers; returns how many messages it held."""
+        if queue.deleted:
+            return 0
+        queue.deleted = True
+        del self.queues[queue.name]
+        count = queue.purge()
+        for consumer in list(queue.consumers):
+            consumer.channel.cancelled_by_server(consumer)
+        for binding in list(self._incoming.get((True, queue.name), ())):
+            self._remove_binding(binding)
+        self._incoming.pop((True, queue.name), None)
+        if queue.durable and not queue.exclusive:
+            self.store.delete(_queue_record(queue))
+        return count
+
+    # -- bindings ------------------------------------------------------------------
+
+    def bind_queue(
+        self,
+        queue: Queue,
+        exchange_name: str,
+        routing_key: str,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        if exchange_name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        self._bind(self.exchange(exchange_name), queue, routing_key, arguments)
+
+    def unbind_queue(
+        self,
+        queue: Queue,
+        exchange_name: str,
+        routing_key: str,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        if exchange_name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        exchange = self.exchange(exchange_name)
+        binding = Binding(exchange.name, queue.name, True, routing_key, freeze_arguments(arguments))
+        if binding in exchange.bindings:
+            self._remove_binding(binding)
+
+    def bind_exchange(
+        self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        if destination == "" or source == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        target = self.exchange(destination)
+        self._bind(self.exchange(source), target, routing_key, arguments)
+
+    def unbind_exchange(
+        self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        if destination == "" or source == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        self.exchange(destination)
+        exchange = self.exchange(source)
+        binding = Binding(
+            exchange.name, destination, False, routing_key, freeze_arguments(arguments)
+        )
+        if binding in exchange.bindings:
+            self._remove_binding(binding)
+
+    def _bind(
+        self,
+        exchange: Exchange,
+        destination: Queue | Exchange,
+        routing_key: str,
+        arguments: Mapping[str, Any] | None,
+        persist: bool = True,
+    ) -> None:
+        is_queue = isinstance(destination, Queue)
+        binding = Binding(
+            exchange.name, destination.name, is_queue, routing_key, freeze_arguments(arguments)
+        )
+        if not exchange.add_binding(binding, destination):
+            return
+        self._incoming.setdefault((is_queue, destination.name), {})[binding] = None
+        if persist and exchange.durable and destination.durable and not _is_exclusive(destination):
+            self.store.put(_binding_record(self.name, binding))
+
+    def _remove_binding(self, binding: Binding, allow_auto_delete: bool = True) -> None:
+        exchange = self.exchanges.get(binding.source)
+        if exchange is not None and exchange.remove_binding(binding):
+            self.store.delete(_binding_record(self.name, binding))
+            if allow_auto_delete and exchange.auto_delete and not exchange.bindings:
+                self._remove_exchange(exchange)
+        incoming = self._incoming.get((binding.destination_is_queue, binding.destination))
+        if incoming is not None:
+            incoming.pop(binding, None)
+
+    # -- routing -------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """The queues a message published to ``exchange`` goes to, each once.
+
+        Follows exchange-to-exchange bindings and alternate exchanges, each exchange
+        visited at most once, so cycles end.
+        """
+        if exchange.name == "":
+            queue = self.queues.get(message.routing_key)
+            return [queue] if queue is not None else []
+        found: dict[Queue, None] = {}
+        visited: set[Exchange] = {exchange}
+        self._route_into(exchange, message, found, visited)
+        return list(found)
+
+    def _route_into(
+        self, exchange: Exchange, message: Message, found: dict[Queue, None], visited: set[Exchange]
+    ) -> None:
+        before = len(found)
+        for destination in exchange.router.route(message):
+            if isinstance(destination, Queue):
+                found[destination] = None
+            elif destination not in visited:
+                assert isinstance(destination, Exchange)
+                visited.add(destination)
+                self._route_into(destination, message, found, visited)
+        if len(found) == before and exchange.alternate is not None:
+            alternate = self.exchanges.get(exchange.alternate)
+            if alternate is not None and alternate not in visited:
+                visited.add(alternate)
+                self._route_into(alternate, message, found, visited)
+
+    # -- direct reply-to -----------------------------------------------------------
+
+    def add_reply_consumer(self, consumer: Consumer) -> str:
+        token = secrets.token_urlsafe(18)
+        self.reply_consumers[token] = consumer
+        return _REPLY_TO_PREFIX + token
+
+    def remove_reply_consumer(self, address: str) -> None:
+        self.reply_consumers.pop(address[len(_REPLY_TO_PREFIX) :], None)
+
+    def reply_consumer(self, routing_key: str) -> Consumer | None:
+        if not routing_key.startswith(_REPLY_TO_PREFIX):
+            return None
+        return self.reply_consumers.get(routing_key[len(_REPLY_TO_PREFIX) :])
+
+    # -- recovery ------------------------------------------------------------------
+
+    def restore_exchange(self, record: ExchangeRecord) -> None:
+        if record.name not in self.exchanges and record.type in EXCHANGE_TYPES:
+            self.exchanges[record.name] = Exchange(
+                record.name,
+                record.type,
+                durable=True,
+                auto_delete=record.auto_delete,
+                internal=record.internal,
+                arguments=record.arguments,
+            )
+
+    def restore_queue(self, record: QueueRecord) -> None:
+        if record.name not in self.queues:
+            queue = Queue(
+                record.name,
+                self.name,
+                durable=True,
+                auto_delete=record.auto_delete,
+                arguments=record.arguments,
+            )
+            self.queues[record.name] = queue
+
+    def restore_binding(self, record: BindingRecord) -> None:
+        source = self.exchanges.get(record.source)
+        destination: Hashable | None
+        if record.destination_is_queue:
+            destination = self.queues.get(record.destination)
+        else:
+            destination = self.exchanges.get(record.destination)
+        if source is not None and isinstance(destination, Queue | Exchange):
+            self._bind(
+                source, destination, record.routing_key, dict(record.arguments), persist=False
+            )
+
+
+def _check_name(kind: str, name: str) -> None:
+    if name.startswith("amq."):
+        raise AccessRefused(f"{kind} name '{name}' contains reserved prefix 'amq.*'")
+
+
+def _is_exclusive(destination: Queue | Exchange) -> bool:
+    return isinstance(destination, Queue) and destination.exclusive
+
+
+def _check_queue_equivalent(
+    queue: Queue,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    arguments: Mapping[str, Any],
+    vhost: str,
+) -> None:
+    what = f"queue '{queue.name}' in vhost '{vhost}'"
+    for field, received, current in (
+        ("durable", durable, queue.durable),
+        ("auto_delete", auto_delete, queue.auto_delete),
+    ):
+        if received != current:
+            raise PreconditionFailed(
+                f"inequivalent arg '{field}' for {what}: received '{str(received).lower()}' "
+                f"but current is '{str(current).lower()}'"
+            )
+    if exclusive != queue.exclusive:
+        raise ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{vhost}'. "
+            "It could be originally declared on another connection or the exclusive property "
+            "value does not match that of the original declaration."
+        )
+    check_arguments_equivalent(what, queue.arguments, arguments, QUEUE_EQUIVALENCE_ARGUMENTS)
+
+
+def _exchange_record(vhost: str, exchange: Exchange) -> ExchangeRecord:
+    return ExchangeRecord(
+        vhost,
+        exchange.name,
+        exchange.type,
+        exchange.auto_delete,
+        exchange.internal,
+        exchange.arguments,
+    )
+
+
+def _queue_record(queue: Queue) -> QueueRecord:
+    return QueueRecord(queue.vhost, queue.name, queue.auto_delete, queue.arguments)
+
+
+def _binding_record(vhost: str, binding: Binding) -> BindingRecord:
+    return BindingRecord(
+        vhost,
+        binding.source,
+        binding.destination,
+        binding.destination_is_queue,
+        binding.routing_key,
+        binding.arguments,
+    )

@@ -1,0 +1,131 @@
+"""Listeners and the server's life: start, serve, shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from .. import __version__
+from ..amqp import BasicProperties
+from ..config import Settings
+from ..core import Broker, Properties
+from ..store import MemoryStore, Store
+from .connection import AMQPConnection
+
+__all__ = ["Server", "run"]
+
+log = logging.getLogger("postoffice.server")
+
+_SHUTDOWN_GRACE = 5.0  # seconds clients get to answer connection.close on shutdown
+
+
+def _rewrite_reply_to(properties: Properties, reply_to: str) -> Properties:
+    assert isinstance(properties, BasicProperties)
+    return properties.replace(reply_to=reply_to)
+
+
+class Server:
+    """An AMQP server: a broker and the listeners that let clients reach it.
+
+    ``await start()`` binds the listeners (port 0 picks a free port: see
+    :attr:`port`); ``await stop()`` closes them and every connection gracefully.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, store: Store | None = None) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.broker = Broker(
+            store=store if store is not None else MemoryStore(),
+            users={self.settings.default_user: self.settings.default_pass},
+            default_vhost=self.settings.default_vhost,
+            rewrite_reply_to=_rewrite_reply_to,
+        )
+        self.connections: set[AMQPConnection] = set()
+        self._servers: list[asyncio.Server] = []
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        host = settings.host or None
+        tcp = await loop.create_server(
+            lambda: AMQPConnection(self),
+            host=host,
+            port=settings.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self._servers.append(tcp)
+        self.port = tcp.sockets[0].getsockname()[1]
+        for sock in tcp.sockets:
+            log.info("listening for AMQP 0-9-1 on %s", _address(sock.getsockname()))
+        if settings.unix_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(settings.unix_socket)
+            unix = await loop.create_unix_server(
+                lambda: AMQPConnection(self), path=settings.unix_socket
+            )
+            self._servers.append(unix)
+            log.info("listening for AMQP 0-9-1 on unix socket %s", settings.unix_socket)
+
+    async def stop(self) -> None:
+        """Stops accepting, sends 320 CONNECTION_FORCED to every client, waits for them, closes."""
+        for server in self._servers:
+            server.close()
+        connections = list(self.connections)
+        for connection in connections:
+            connection.shutdown()
+        if connections:
+            waiting = [connection.closed for connection in connections]
+            await asyncio.wait(waiting, timeout=_SHUTDOWN_GRACE)
+            for connection in connections:
+                if not connection.closed.done() and connection.transport is not None:
+                    connection.transport.abort()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._servers.clear()
+        if self.settings.unix_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.unix_socket)
+        self.broker.store.close()
+
+    async def serve_until_signalled(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("postoffice %s started (Python %s)", __version__, sys.version.split()[0])
+        await stop.wait()
+        log.info("shutting down: closing %d connection(s)", len(self.connections))
+        await self.stop()
+        log.info("stopped")
+
+
+def _address(sockname: object) -> str:
+    if isinstance(sockname, tuple):
+        host, port = sockname[0], sockname[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(sockname)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed, asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(settings: Settings) -> None:
+    """Runs a server until SIGINT or SIGTERM, then shuts it down gracefully."""
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(Server(settings).serve_until_signalled())
+    finally:
+        loop.close()
