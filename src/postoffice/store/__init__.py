@@ -1,6 +1,6 @@
 """Durable storage behind a narrow interface (see DESIGN.md, "Storage engine")."""
 
-from .base import Store
+from .base import RecoveredMessage, Store
 from .memory import MemoryStore
 from .records import BindingRecord, Definitions, ExchangeRecord, QueueRecord, Record
 
@@ -10,6 +10,7 @@ __all__ = [
     "ExchangeRecord",
     "MemoryStore",
     "QueueRecord",
+    "RecoveredMessage",
     "Record",
     "Store",
 ]

@@ -1,30 +1,100 @@
-"""The narrow interface between the broker model and durable storage."""
+"""The narrow interface between the broker model and durable storage.
+
+Two halves:
+
+* definitions: durable vhosts, exchanges, queues, bindings (records of
+  :mod:`postoffice.store.records`), put and deleted one at a time;
+* messages: persistent messages on durable queues.  A message published to several
+  durable queues is stored once (:meth:`Store.publish` takes all its queues) and
+  each queue settles its copy independently; the body is dropped when the last
+  queue has settled it.
+
+Durability is asynchronous and batched (group commit): calls record intent at once
+and ``sync(callback)`` runs ``callback`` when everything recorded before it is on
+stable storage.  The server drives the batching: it sets :attr:`Store.wakeup` to a
+function that schedules :meth:`Store.flush` for the end of the current event-loop
+turn, and the store calls ``wakeup()`` whenever it holds unflushed work.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from .records import Definitions, Record
 
-__all__ = ["Store"]
+__all__ = ["RecoveredMessage", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredMessage:
+    """A message found in a durable queue at start-up."""
+
+    message_id: int
+    exchange: str
+    routing_key: str
+    properties: bytes  # the content header's property flags and values, byte for byte
+    body: bytes
+    redelivered: bool  # it may have reached a consumer before the restart
+    delivery_count: int  # deliveries recorded so far (for x-delivery-limit)
 
 
 class Store(Protocol):
-    """Durable storage behind the broker.
+    """Durable storage behind the broker (see the module docstring)."""
 
-    ``put``/``delete`` record a durable definition; ``sync(callback)`` calls
-    ``callback`` once everything recorded so far is on stable storage (at once for
-    the in-memory store; after a group commit for a disk store), so a declare-ok is
-    sent only when the definition would survive a crash.
-    """
+    wakeup: Callable[[], None]
 
-    def recover(self) -> Definitions: ...
+    # -- definitions ----------------------------------------------------------------
+
+    def recover(self) -> Definitions:
+        """Every durable definition, in an order that can be replayed."""
+        ...
 
     def put(self, record: Record) -> None: ...
 
-    def delete(self, record: Record) -> None: ...
+    def delete(self, record: Record) -> None:
+        """Deletes a definition; deleting a queue also drops its messages."""
+        ...
 
-    def sync(self, callback: Callable[[], None]) -> None: ...
+    # -- messages -------------------------------------------------------------------
+
+    def publish(
+        self,
+        vhost: str,
+        queues: Sequence[str],
+        exchange: str,
+        routing_key: str,
+        properties: bytes,
+        body: bytes,
+    ) -> int:
+        """Stores a message for durable ``queues`` (in line after their earlier ones); its id."""
+        ...
+
+    def delivered(self, vhost: str, queue: str, message_ids: Sequence[int]) -> None:
+        """These messages went to a consumer: recovered, they come back redelivered with a count."""
+        ...
+
+    def settle(self, vhost: str, queue: str, message_ids: Sequence[int]) -> None:
+        """These messages left the queue for good (acked, dropped, expired...)."""
+        ...
+
+    def messages(self, vhost: str, queue: str) -> Iterator[RecoveredMessage]:
+        """The queue's unsettled messages in their order, as found at start-up."""
+        ...
+
+    def read(self, message_id: int) -> tuple[bytes, bytes]:
+        """(properties, body) of a stored, unsettled message; for paging bodies back in."""
+        ...
+
+    # -- durability -----------------------------------------------------------------
+
+    def sync(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` once everything recorded so far is on stable storage."""
+        ...
+
+    def flush(self) -> None:
+        """Writes and syncs what is pending, then runs the callbacks it covered."""
+        ...
 
     def close(self) -> None: ...

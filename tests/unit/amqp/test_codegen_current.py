@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 CODEGEN = ROOT / "tools" / "codegen.py"
 
@@ -38,10 +40,11 @@ def test_output_is_deterministic_and_marked_generated() -> None:
     )
 
 
-def test_check_fails_on_a_stale_module(tmp_path: Path) -> None:
+def test_check_fails_on_a_stale_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     codegen = load_codegen()
-    codegen.OUTPUT_PATH = tmp_path / "_spec.py"
-    codegen.OUTPUT_PATH.write_text("# stale\n", encoding="utf-8")
+    output = tmp_path / "_spec.py"
+    monkeypatch.setattr(codegen, "OUTPUT_PATH", output)
+    output.write_text("# stale\n", encoding="utf-8")
     assert codegen.main(["--check"]) == 1
     assert codegen.main([]) == 0
     assert codegen.main(["--check"]) == 0

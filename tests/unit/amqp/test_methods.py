@@ -66,8 +66,10 @@ def test_class_variables(cls: type[Method]) -> None:
     assert METHODS[cls.INDEX] is cls
     class_name, method_name = cls.NAME.split(".")
     assert cls.__name__ == "".join(p.capitalize() for p in f"{class_name}-{method_name}".split("-"))
+    assert dataclasses.is_dataclass(cls)
     assert [f.name for f in dataclasses.fields(cls)] == [name for name, _ in cls.FIELDS]
-    assert cls.HAS_CONTENT == (cls in {BasicPublish, BasicReturn, BasicDeliver, BasicGetOk})
+    content_methods = {BasicPublish, BasicReturn, BasicDeliver, BasicGetOk}
+    assert cls.HAS_CONTENT == (cls in content_methods)
     assert getattr(amqp, cls.__name__) is cls
     assert cls.__name__ in amqp.__all__
 
@@ -251,7 +253,7 @@ def test_table_overrunning_the_payload_is_a_frame_error() -> None:
 
 def test_malformed_table_is_a_syntax_error() -> None:
     payload = payload_of(QueueDeclare())[:-4] + b"\x00\x00\x00\x03\x01aZ"
-    with pytest.raises(AMQPSyntaxError, match="queue.declare: unknown field type 'Z'") as raised:
+    with pytest.raises(AMQPSyntaxError, match=r"queue\.declare: unknown field type 'Z'") as raised:
         decode_method(payload)
     assert (raised.value.class_id, raised.value.method_id) == (50, 10)
 
@@ -324,6 +326,7 @@ def test_content_method_shortstr_bytes_round_trip(cls: type[Method], raw: bytes)
         **{name: raw.decode("utf-8", "surrogateescape")},
     )
     assert decode_method(encode_method(changed)) == changed
-    assert values_of(decode_method(encode_method(changed)))[name].encode(
-        "utf-8", "surrogateescape"
-    ) == raw
+    assert (
+        values_of(decode_method(encode_method(changed)))[name].encode("utf-8", "surrogateescape")
+        == raw
+    )

@@ -134,7 +134,9 @@ def test_round_trip(properties: dict[str, Any]) -> None:
 
 
 def test_attributes_match_the_spec() -> None:
-    descriptors = [name for name, value in vars(BasicProperties).items() if hasattr(value, "__get__")]
+    descriptors = [
+        name for name, value in vars(BasicProperties).items() if hasattr(value, "__get__")
+    ]
     assert [name for name in descriptors if name in NAMES] == NAMES
 
 

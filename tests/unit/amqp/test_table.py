@@ -119,7 +119,10 @@ def test_later_duplicate_key_wins() -> None:
         ({"a": None}, b"F\x00\x00\x00\x03\x01aV"),
         (datetime(1970, 1, 1, 0, 1, tzinfo=UTC), b"T" + struct.pack(">Q", 60)),
         (datetime(1970, 1, 1, 0, 1), b"T" + struct.pack(">Q", 60)),
-        (datetime(1970, 1, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))), b"T" + struct.pack(">Q", 60)),
+        (
+            datetime(1970, 1, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))),
+            b"T" + struct.pack(">Q", 60),
+        ),
         (None, b"V"),
     ],
 )
