@@ -1,4 +1,4 @@
-"""AMQP 0-9-1 field tables and field arrays (section 4.2.1, with RabbitMQ's types).
+"""AMQP 0-9-1 field tables and arrays (sections 4.2.1, 4.2.5.5), with RabbitMQ's types.
 
 Wire types, as RabbitMQ's ``rabbit_binary_parser`` reads them, and what they decode to:
 

@@ -1,7 +1,7 @@
 """The generic AMQP 0-9-1 method codec, driven by each method class's ``FIELDS``.
 
 A method frame's payload is class-id (short), method-id (short), then the arguments
-in spec order (section 4.2.5.1).  Consecutive ``bit`` arguments share octets, the
+in spec order (section 4.2.4).  Consecutive ``bit`` arguments share octets, the
 first bit in the least significant position, eight to an octet (section 4.2.5.2).
 
 Errors follow RabbitMQ, whose decoder matches the whole payload against the

@@ -94,16 +94,21 @@ def encode_properties(properties: Mapping[str, Any]) -> bytes:
 T = TypeVar("T")
 
 
+_FLAG_OF = {name: flag for name, _type, flag in BASIC_PROPERTIES}
+
+
 class _Property(Generic[T]):
     """A BasicProperties attribute, read from the lazily decoded values."""
 
-    __slots__ = ("_name",)
+    __slots__ = ("_flag", "_name")
 
     def __init__(self) -> None:
         self._name = ""
+        self._flag = 0
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
+        self._flag = _FLAG_OF[name]
 
     @overload
     def __get__(self, instance: None, owner: type) -> _Property[T]: ...
@@ -112,6 +117,11 @@ class _Property(Generic[T]):
     def __get__(self, instance: BasicProperties | None, owner: type) -> _Property[T] | T | None:
         if instance is None:
             return self
+        if instance._decoded is None:
+            # An absent property is told by its flag bit alone: no decoding needed.
+            raw = instance._raw
+            if len(raw) >= 2 and not (raw[0] << 8 | raw[1]) & self._flag:
+                return None
         value: T | None = instance._values().get(self._name)
         return value
 

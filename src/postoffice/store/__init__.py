@@ -10,7 +10,7 @@ __all__ = [
     "ExchangeRecord",
     "MemoryStore",
     "QueueRecord",
-    "RecoveredMessage",
     "Record",
+    "RecoveredMessage",
     "Store",
 ]

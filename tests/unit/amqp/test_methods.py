@@ -69,7 +69,7 @@ def test_class_variables(cls: type[Method]) -> None:
     assert dataclasses.is_dataclass(cls)
     assert [f.name for f in dataclasses.fields(cls)] == [name for name, _ in cls.FIELDS]
     content_methods = {BasicPublish, BasicReturn, BasicDeliver, BasicGetOk}
-    assert cls.HAS_CONTENT == (cls in content_methods)
+    assert cls.HAS_CONTENT is (cls in content_methods)
     assert getattr(amqp, cls.__name__) is cls
     assert cls.__name__ in amqp.__all__
 
