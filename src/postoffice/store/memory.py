@@ -81,7 +81,9 @@ class MemoryStore:
         for message_id, exchange, routing_key, properties, body, count in list(
             self._queues.get((vhost, queue), {}).values()
         ):
-            yield RecoveredMessage(message_id, exchange, routing_key, properties, body, count > 0, count)
+            yield RecoveredMessage(
+                message_id, exchange, routing_key, properties, body, count > 0, count
+            )
 
     def read(self, message_id: int) -> tuple[bytes, bytes]:
         for stored in self._queues.values():

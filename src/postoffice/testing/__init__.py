@@ -32,7 +32,9 @@ class RunningBroker:
     def __init__(self, settings: Settings) -> None:
         self._loop = new_event_loop()
         self.server = Server(settings)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="postoffice", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="postoffice", daemon=True
+        )
         self._thread.start()
         self.call(self.server.start())
 
