@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pika
 import pytest
@@ -47,7 +47,7 @@ def names(request: pytest.FixtureRequest) -> Names:
 
 
 @pytest.fixture
-def connect(url: str) -> Iterator[object]:
+def connect(url: str) -> Iterator[Callable[..., pika.BlockingConnection]]:
     """Opens pika blocking connections and closes those still open at teardown."""
     opened: list[pika.BlockingConnection] = []
 
@@ -66,7 +66,7 @@ def connect(url: str) -> Iterator[object]:
 
 
 @pytest.fixture
-def connection(connect) -> pika.BlockingConnection:
+def connection(connect: Callable[..., pika.BlockingConnection]) -> pika.BlockingConnection:
     return connect()
 
 

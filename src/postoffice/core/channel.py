@@ -341,9 +341,11 @@ class Channel:
     def recover(self, requeue: bool) -> None:
         """basic.recover: every unacked delivery goes back to its queue, redelivered.
 
-        RabbitMQ treats requeue=false the same way (it never redelivers to the same
-        consumer), and so do we.
+        As RabbitMQ, requeue=false (redeliver to the same consumer) is not
+        implemented and closes the connection with 540.
         """
+        if not requeue:
+            raise AMQPNotImplemented("requeue=false")
         records = list(self.unacked.values())
         self.unacked.clear()
         self._settle(records, requeue=True)

@@ -253,15 +253,22 @@ class VHost:
 
     def unbind_queue(
         self,
-        queue: Queue,
+        queue_name: str,
         exchange_name: str,
         routing_key: str,
         arguments: Mapping[str, Any] | None,
+        owner: object,
     ) -> None:
+        """Removes a binding; as RabbitMQ, a missing binding, queue or exchange is no error."""
         if exchange_name == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        exchange = self.exchange(exchange_name)
-        binding = Binding(exchange.name, queue.name, True, routing_key, freeze_arguments(arguments))
+        queue = self.queues.get(queue_name)
+        if queue is not None:
+            self._check_access(queue, owner)
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            return
+        binding = Binding(exchange.name, queue_name, True, routing_key, freeze_arguments(arguments))
         if binding in exchange.bindings:
             self._remove_binding(binding)
 
@@ -276,10 +283,12 @@ class VHost:
     def unbind_exchange(
         self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
     ) -> None:
+        """Removes an exchange-to-exchange binding; missing things are no error, as in RabbitMQ."""
         if destination == "" or source == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        self.exchange(destination)
-        exchange = self.exchange(source)
+        exchange = self.exchanges.get(source)
+        if exchange is None:
+            return
         binding = Binding(
             exchange.name, destination, False, routing_key, freeze_arguments(arguments)
         )

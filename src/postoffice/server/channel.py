@@ -354,8 +354,14 @@ class ServerChannel:
             self._reply_when_durable(amqp.QueueBindOk())
 
     def _queue_unbind(self, method: amqp.QueueUnbind) -> None:
-        queue = self.core.queue(method.queue)
-        self.core.vhost.unbind_queue(queue, method.exchange, method.routing_key, method.arguments)
+        core = self.core
+        core.vhost.unbind_queue(
+            core.queue_name(method.queue),
+            method.exchange,
+            method.routing_key,
+            method.arguments,
+            core.connection,
+        )
         self._reply_when_durable(amqp.QueueUnbindOk())
 
     def _queue_purge(self, method: amqp.QueuePurge) -> None:

@@ -40,7 +40,6 @@ from ..errors import (
     ChannelError,
     CommandInvalid,
     ConnectionForced,
-    FrameError,
     HardError,
     InternalError,
     NotAllowed,
@@ -113,6 +112,7 @@ class AMQPConnection(asyncio.Protocol):
         self.confirms_pending: set[ServerChannel] = set()
         self._flush_scheduled = False
         self._header = b""
+        self._unreadable = False
         self._last_received = 0.0
         self._sent_since_tick = False
         self._timers: list[asyncio.TimerHandle] = []
@@ -164,10 +164,18 @@ class AMQPConnection(asyncio.Protocol):
             data = self._protocol_header(data)
             if not data:
                 return
+        if self._unreadable:
+            return
         try:
             frames = self.reader.feed(data)
         except AMQPError as exc:
+            # The byte stream cannot be followed any more: say why, stop reading, and
+            # half-close so the client reads our close before the socket goes.
+            self._unreadable = True
             self._fail(exc, 0, None)
+            self._flush()
+            if self.transport is not None and self.transport.can_write_eof():
+                self.transport.write_eof()
             return
         channels = self.channels
         for frame_type, number, payload in frames:
@@ -326,7 +334,7 @@ class AMQPConnection(asyncio.Protocol):
         if self.state is not S.OPEN:
             raise CommandInvalid(f"channel {number} used before the connection is open")
         if frame_type == FRAME_HEARTBEAT:
-            raise FrameError(f"heartbeat frame on channel {number}")
+            raise UnexpectedFrame(f"heartbeat frame on channel {number}")
         if frame_type != FRAME_METHOD:
             raise ChannelError(f"expected 'channel.open' on channel {number}")
         method = amqp.decode_method(payload)
