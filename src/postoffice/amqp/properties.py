@@ -95,6 +95,8 @@ T = TypeVar("T")
 
 
 _FLAG_OF = {name: flag for name, _type, flag in BASIC_PROPERTIES}
+_REPLY_TO_OR_USER_ID = _FLAG_OF["reply_to"] | _FLAG_OF["user_id"]
+_HEADERS_FLAG = _FLAG_OF["headers"]
 
 
 class _Property(Generic[T]):
@@ -206,6 +208,21 @@ class BasicProperties:
     def raw(self) -> bytes:
         """The property flags and list, as received or encoded."""
         return self._raw
+
+    @property
+    def inspect_on_publish(self) -> bool:
+        """True if reply_to or user_id is set, or the headers may hold CC or BCC.
+
+        Read from the flag bits and a byte search, without decoding: a broker asks it
+        of every published message.
+        """
+        raw = self._raw
+        if len(raw) < 2:
+            return False
+        flags = raw[0] << 8 | raw[1]
+        if flags & _REPLY_TO_OR_USER_ID:
+            return True
+        return bool(flags & _HEADERS_FLAG) and (b"\x02CC" in raw or b"\x03BCC" in raw)
 
     def as_dict(self) -> dict[str, Any]:
         """The present properties as ``{python_name: value}`` (a copy)."""

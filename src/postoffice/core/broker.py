@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import Any
 
-from ..errors import AccessRefused, NotAllowed
+from ..errors import AccessRefused, InternalError, NotAllowed
 from ..store import MemoryStore, Store
 from .clock import Clock, SystemClock
 from .connection import Connection
 from .message import Properties
 from .vhost import VHost
 
-__all__ = ["Broker", "ReplyToRewriter"]
+__all__ = ["Broker", "PropertiesEditor"]
 
-# Gives a message's properties with reply_to replaced; the codec knows how.
-ReplyToRewriter = Callable[[Properties, str], Properties]
+# Gives a message's properties with some values replaced; the codec knows how.
+PropertiesEditor = Callable[[Properties, dict[str, Any]], Properties]
 
 
 class Broker:
@@ -26,14 +27,14 @@ class Broker:
         clock: Clock | None = None,
         users: dict[str, str] | None = None,
         default_vhost: str = "/",
-        rewrite_reply_to: ReplyToRewriter | None = None,
+        edit_properties: PropertiesEditor | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.users: dict[str, str] = dict(users if users is not None else {"guest": "guest"})
         self.vhosts: dict[str, VHost] = {default_vhost: VHost(default_vhost, self.store)}
         self.connections: set[Connection] = set()
-        self._rewrite_reply_to = rewrite_reply_to
+        self._edit_properties = edit_properties
         self._recover()
 
     def _recover(self) -> None:
@@ -66,7 +67,8 @@ class Broker:
         self.connections.add(connection)
         return connection
 
-    def rewrite_reply_to(self, properties: Properties, reply_to: str) -> Properties:
-        if self._rewrite_reply_to is None:
-            raise NotAllowed("direct reply-to needs a codec that can rewrite properties")
-        return self._rewrite_reply_to(properties, reply_to)
+    def edit_properties(self, properties: Properties, changes: dict[str, Any]) -> Properties:
+        """The properties with ``changes`` applied (direct reply-to, BCC removal...)."""
+        if self._edit_properties is None:
+            raise InternalError("this broker was built without a properties editor")
+        return self._edit_properties(properties, changes)

@@ -20,6 +20,7 @@ from ..errors import (
     NotFound,
     PreconditionFailed,
 )
+from .exchange import Exchange
 from .message import Message, Properties, QueueEntry
 from .queue import Queue
 from .vhost import DIRECT_REPLY_TO, VHost
@@ -28,6 +29,20 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 __all__ = ["Channel", "Consumer", "DeliverySink"]
+
+
+def _keys(value: Any) -> list[str]:
+    """Routing keys from a CC or BCC header: an array of strings (or one string)."""
+    if isinstance(value, str | bytes):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [
+        item.decode("utf-8", "surrogateescape") if isinstance(item, bytes) else item
+        for item in value
+        if isinstance(item, str | bytes)
+    ]
+
 
 NO_ROUTE = 312
 
@@ -57,6 +72,7 @@ class Consumer:
         "exclusive",
         "no_ack",
         "prefetch",
+        "priority",
         "queue",
         "tag",
         "unacked",
@@ -81,6 +97,11 @@ class Consumer:
         self.prefetch = prefetch
         self.unacked = 0
         self.arguments = dict(arguments or {})
+        priority = self.arguments.get("x-priority", 0)
+        # x-priority: higher-priority consumers get messages while they have room.
+        self.priority = (
+            priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
+        )
 
     def ready(self) -> bool:
         channel = self.channel
@@ -152,8 +173,6 @@ class Channel:
         """Declares a queue and remembers it as the channel's last; None for the reply-to pseudo-queue."""
         if passive and (name == DIRECT_REPLY_TO or self.vhost.reply_consumer(name) is not None):
             return None
-        if passive and not name:
-            name = self.queue_name(name)
         queue = self.vhost.declare_queue(
             name,
             owner=self.connection,
@@ -389,10 +408,8 @@ class Channel:
             raise AccessRefused(
                 f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.vhost.name}'"
             )
-        if properties.reply_to == DIRECT_REPLY_TO:
-            if self.reply_address is None:
-                raise PreconditionFailed("fast reply consumer does not exist")
-            properties = self.connection.broker.rewrite_reply_to(properties, self.reply_address)
+        if properties.inspect_on_publish:
+            properties = self._inspect(properties)
         message = Message(exchange_name, routing_key, properties, body)
         if self.tx_mode:
             self._tx_publishes.append((exchange_name, message, mandatory))
@@ -402,11 +419,29 @@ class Channel:
             self._publish_seq += 1
             self.sink.confirm(self._publish_seq, True)
 
+    def _inspect(self, properties: Properties) -> Properties:
+        """The publish-time rules on properties: user_id, direct reply-to."""
+        user_id = properties.user_id
+        if user_id is not None and user_id != self.connection.user:
+            raise PreconditionFailed(
+                f"user_id property set to '{user_id}' but authenticated user was "
+                f"'{self.connection.user}'"
+            )
+        if properties.reply_to == DIRECT_REPLY_TO:
+            if self.reply_address is None:
+                raise PreconditionFailed("fast reply consumer does not exist")
+            properties = self.connection.broker.edit_properties(
+                properties, {"reply_to": self.reply_address}
+            )
+        return properties
+
     def _route(self, message: Message, mandatory: bool) -> None:
         vhost = self.vhost
         exchange = vhost.exchanges.get(message.exchange)
         if exchange is None:  # deleted inside a transaction
             queues: Iterable[Queue] = ()
+        elif message.properties.inspect_on_publish:
+            queues = self._route_sender_selected(exchange, message)
         else:
             queues = vhost.route(exchange, message)
         routed = False
@@ -420,6 +455,24 @@ class Channel:
                 routed = True
         if not routed and mandatory:
             self.sink.returned(NO_ROUTE, "NO_ROUTE", message)
+
+    def _route_sender_selected(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """Routing with RabbitMQ's sender-selected distribution: the CC and BCC headers
+        name more routing keys, and BCC is removed before delivery."""
+        headers = message.properties.headers or {}
+        extra = [*_keys(headers.get("CC")), *_keys(headers.get("BCC"))]
+        if not extra:
+            return self.vhost.route(exchange, message)
+        if "BCC" in headers:
+            trimmed = {key: value for key, value in headers.items() if key != "BCC"}
+            message.properties = self.connection.broker.edit_properties(
+                message.properties, {"headers": trimmed}
+            )
+        found = dict.fromkeys(self.vhost.route(exchange, message))
+        for key in extra:
+            probe = Message(message.exchange, key, message.properties, message.body)
+            found.update(dict.fromkeys(self.vhost.route(exchange, probe)))
+        return list(found)
 
     # -- confirms and transactions -------------------------------------------------
 

@@ -81,22 +81,26 @@ class Exchange:
         self.router: Router = EXCHANGE_TYPES[type]()
         alternate = self.arguments.get("alternate-exchange")
         self.alternate: str | None = _as_text(alternate) if alternate else None
-        # Bindings with this exchange as source, in the order they were made.
-        self.bindings: dict[Binding, Hashable] = {}
+        # Bindings with this exchange as source, in the order they were made, with
+        # their destination and their arguments as the client sent them.
+        self.bindings: dict[Binding, tuple[Hashable, dict[str, Any]]] = {}
 
-    def add_binding(self, binding: Binding, destination: Hashable) -> bool:
+    def add_binding(
+        self, binding: Binding, destination: Hashable, arguments: Mapping[str, Any]
+    ) -> bool:
         """Adds a binding; False if the same one was there already."""
         if binding in self.bindings:
             return False
-        self.bindings[binding] = destination
-        self.router.bind(destination, binding.routing_key, binding.arguments_dict)
+        self.bindings[binding] = (destination, dict(arguments))
+        self.router.bind(destination, binding.routing_key, arguments)
         return True
 
     def remove_binding(self, binding: Binding) -> bool:
-        destination = self.bindings.pop(binding, None)
-        if destination is None:
+        bound = self.bindings.pop(binding, None)
+        if bound is None:
             return False
-        self.router.unbind(destination, binding.routing_key, binding.arguments_dict)
+        destination, arguments = bound
+        self.router.unbind(destination, binding.routing_key, arguments)
         return True
 
     def check_equivalent(
@@ -143,10 +147,7 @@ def check_arguments_equivalent(
             elif want is None:
                 shown = f"received none but current is the value '{_show(have)}' of type '{_type_name(have)}'"
             else:
-                shown = (
-                    f"received the value '{_show(want)}' of type '{_type_name(want)}' but current is "
-                    f"the value '{_show(have)}' of type '{_type_name(have)}'"
-                )
+                shown = f"received '{_show(want)}' but current is '{_show(have)}'"
             raise PreconditionFailed(f"inequivalent arg '{key}' for {what}: {shown}")
 
 
@@ -164,7 +165,8 @@ def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "long" if -(2**31) <= value < 2**31 else "longlong"
+        # The wire type is not kept once decoded; these are the types pika sends.
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
     if isinstance(value, str | bytes):
         return "longstr"
     if isinstance(value, float):

@@ -26,6 +26,15 @@ class Properties(Protocol):
     def reply_to(self) -> str | None: ...
 
     @property
+    def user_id(self) -> str | None: ...
+
+    @property
+    def inspect_on_publish(self) -> bool:
+        """True when the broker must look closer at publish time: a reply_to or user_id
+        is set, or the headers may hold CC/BCC.  False is a promise; True may be wrong."""
+        ...
+
+    @property
     def raw(self) -> bytes: ...
 
 

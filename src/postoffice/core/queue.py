@@ -27,7 +27,9 @@ class Queue:
     __slots__ = (
         "_consumers",
         "_next_seq",
+        "_prioritized",
         "_rr",
+        "_rr_by_priority",
         "arguments",
         "auto_delete",
         "deleted",
@@ -58,6 +60,10 @@ class Queue:
         self.messages: deque[QueueEntry] = deque()
         self._consumers: list[Consumer] = []
         self._rr = 0
+        # With consumer priorities (x-priority), consumers are kept sorted by priority,
+        # highest first, with a round-robin position per priority level.
+        self._prioritized = False
+        self._rr_by_priority: dict[int, int] = {}
         self._next_seq = 0
         self.had_consumers = False
         self.deleted = False
@@ -130,6 +136,8 @@ class Queue:
         return count
 
     def _ready_consumer(self) -> Consumer | None:
+        if self._prioritized:
+            return self._ready_by_priority()
         consumers = self._consumers
         count = len(consumers)
         start = self._rr
@@ -141,11 +149,38 @@ class Queue:
                 return consumer
         return None
 
+    def _ready_by_priority(self) -> Consumer | None:
+        consumers = self._consumers
+        count = len(consumers)
+        start = 0
+        while start < count:
+            level = consumers[start].priority
+            end = start
+            while end < count and consumers[end].priority == level:
+                end += 1
+            size = end - start
+            offset = self._rr_by_priority.get(level, 0)
+            for step in range(size):
+                consumer = consumers[start + (offset + step) % size]
+                if consumer.ready():
+                    self._rr_by_priority[level] = (offset + step + 1) % size
+                    return consumer
+            start = end
+        return None
+
     # -- consumers -----------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
         """Registers a consumer; the caller dispatches once the client knows of it (consume-ok)."""
-        self._consumers.append(consumer)
+        consumers = self._consumers
+        if consumer.priority or self._prioritized:
+            self._prioritized = True
+            index = len(consumers)
+            while index and consumers[index - 1].priority < consumer.priority:
+                index -= 1
+            consumers.insert(index, consumer)
+        else:
+            consumers.append(consumer)
         self.had_consumers = True
 
     def remove_consumer(self, consumer: Consumer) -> None:

@@ -166,7 +166,7 @@ def headers_match(binding: Args, headers: Mapping[str, Any] | None) -> bool:
     match_any = mode.startswith("any")
     headers = headers or {}
     for key, expected in binding.items():
-        if key.startswith("x-") and not with_x:
+        if key == "x-match" or (key.startswith("x-") and not with_x):
             continue
         present = key in headers
         matched = present and (expected is None or _same_value(headers[key], expected))
@@ -182,9 +182,21 @@ def _same_value(actual: Any, expected: Any) -> bool:
         return actual == expected.encode("utf-8")
     if isinstance(actual, str) and isinstance(expected, bytes):
         return actual.encode("utf-8") == expected
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return type(actual) is type(expected) and actual == expected
+    # Numbers match across integer widths (docs/compatibility.md), but not across
+    # kinds: RabbitMQ never matches a boolean, an integer, a float and a decimal.
+    if _kind(actual) != _kind(expected):
+        return False
     return bool(actual == expected)
+
+
+def _kind(value: Any) -> type:
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, int):
+        return int
+    if isinstance(value, str | bytes):
+        return str
+    return type(value)
 
 
 class HeadersRouter(Router):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
 from ..store import BindingRecord, ExchangeRecord, QueueRecord, Store
+from .arguments import check_queue_arguments
 from .exchange import (
     EXCHANGE_TYPES,
     Binding,
@@ -129,13 +130,13 @@ class VHost:
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        exchange = self.exchanges.get(name)
-        if exchange is None:
-            return  # as RabbitMQ 3.x: deleting a missing exchange succeeds
-        if name.startswith("amq.") and name in dict(_STANDARD_EXCHANGES):
+        if name.startswith("amq."):
             raise AccessRefused(
                 f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed"
             )
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # as RabbitMQ 3.x: deleting a missing exchange succeeds
         if if_unused and exchange.bindings:
             raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
         self._remove_exchange(exchange)
@@ -168,6 +169,8 @@ class VHost:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         else:
             _check_name("queue", name)
+        if self.queues.get(name) is None:
+            check_queue_arguments(arguments or {}, f"queue '{name}' in vhost '{self.name}'")
         existing = self.queues.get(name)
         if existing is not None:
             self._check_access(existing, owner)
@@ -219,7 +222,7 @@ class VHost:
         if if_unused and queue.consumer_count:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
         if if_empty and queue.message_count:
-            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is not empty")
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
         return self.remove_queue(queue)
 
     def remove_queue(self, queue: Queue) -> int:
@@ -242,14 +245,16 @@ class VHost:
 
     def bind_queue(
         self,
-        queue: Queue,
+        queue_name: str,
         exchange_name: str,
         routing_key: str,
         arguments: Mapping[str, Any] | None,
+        owner: object,
     ) -> None:
         if exchange_name == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        self._bind(self.exchange(exchange_name), queue, routing_key, arguments)
+        exchange = self.exchange(exchange_name)
+        self._bind(exchange, self.queue(queue_name, owner), routing_key, arguments)
 
     def unbind_queue(
         self,
@@ -262,14 +267,14 @@ class VHost:
         """Removes a binding; as RabbitMQ, a missing binding, queue or exchange is no error."""
         if exchange_name == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        queue = self.queues.get(queue_name)
-        if queue is not None:
-            self._check_access(queue, owner)
         exchange = self.exchanges.get(exchange_name)
         if exchange is None:
             return
         binding = Binding(exchange.name, queue_name, True, routing_key, freeze_arguments(arguments))
         if binding in exchange.bindings:
+            queue = self.queues.get(queue_name)
+            if queue is not None:
+                self._check_access(queue, owner)
             self._remove_binding(binding)
 
     def bind_exchange(
@@ -277,8 +282,8 @@ class VHost:
     ) -> None:
         if destination == "" or source == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        target = self.exchange(destination)
-        self._bind(self.exchange(source), target, routing_key, arguments)
+        origin = self.exchange(source)
+        self._bind(origin, self.exchange(destination), routing_key, arguments)
 
     def unbind_exchange(
         self, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
@@ -307,7 +312,7 @@ class VHost:
         binding = Binding(
             exchange.name, destination.name, is_queue, routing_key, freeze_arguments(arguments)
         )
-        if not exchange.add_binding(binding, destination):
+        if not exchange.add_binding(binding, destination, arguments or {}):
             return
         self._incoming.setdefault((is_queue, destination.name), {})[binding] = None
         if persist and exchange.durable and destination.durable and not _is_exclusive(destination):
@@ -342,15 +347,17 @@ class VHost:
     def _route_into(
         self, exchange: Exchange, message: Message, found: dict[Queue, None], visited: set[Exchange]
     ) -> None:
-        before = len(found)
-        for destination in exchange.router.route(message):
+        destinations = exchange.router.route(message)
+        for destination in destinations:
             if isinstance(destination, Queue):
                 found[destination] = None
             elif destination not in visited:
                 assert isinstance(destination, Exchange)
                 visited.add(destination)
                 self._route_into(destination, message, found, visited)
-        if len(found) == before and exchange.alternate is not None:
+        # As RabbitMQ: the alternate exchange is for messages the exchange itself could
+        # not route anywhere; reaching an exchange that routes nowhere does not count.
+        if not destinations and exchange.alternate is not None:
             alternate = self.exchanges.get(exchange.alternate)
             if alternate is not None and alternate not in visited:
                 visited.add(alternate)
@@ -426,6 +433,12 @@ def _check_queue_equivalent(
     vhost: str,
 ) -> None:
     what = f"queue '{queue.name}' in vhost '{vhost}'"
+    if exclusive != queue.exclusive:
+        raise ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{vhost}'. "
+            "It could be originally declared on another connection or the exclusive property "
+            "value does not match that of the original declaration."
+        )
     for field, received, current in (
         ("durable", durable, queue.durable),
         ("auto_delete", auto_delete, queue.auto_delete),
@@ -435,12 +448,6 @@ def _check_queue_equivalent(
                 f"inequivalent arg '{field}' for {what}: received '{str(received).lower()}' "
                 f"but current is '{str(current).lower()}'"
             )
-    if exclusive != queue.exclusive:
-        raise ResourceLocked(
-            f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{vhost}'. "
-            "It could be originally declared on another connection or the exclusive property "
-            "value does not match that of the original declaration."
-        )
     check_arguments_equivalent(what, queue.arguments, arguments, QUEUE_EQUIVALENCE_ARGUMENTS)
 
 

@@ -25,7 +25,14 @@ from ..amqp.frames import (
     shortstr,
 )
 from ..core import Channel, Message
-from ..errors import ChannelError, CommandInvalid, PreconditionFailed, UnexpectedFrame
+from ..errors import (
+    AMQPError,
+    AMQPNotImplemented,
+    ChannelError,
+    CommandInvalid,
+    PreconditionFailed,
+    UnexpectedFrame,
+)
 
 if TYPE_CHECKING:
     from .connection import AMQPConnection
@@ -197,7 +204,11 @@ class ServerChannel:
         self._publish = None
         exchange, routing_key, mandatory, immediate = publish
         properties = amqp.BasicProperties(self._properties)
-        self.core.publish(exchange, routing_key, mandatory, immediate, properties, body)
+        try:
+            self.core.publish(exchange, routing_key, mandatory, immediate, properties, body)
+        except AMQPError as exc:
+            exc.class_id, exc.method_id = 60, 40
+            raise
 
     # -- DeliverySink: the core's traffic out ----------------------------------------
 
@@ -252,7 +263,13 @@ class ServerChannel:
     def consumer_cancelled(self, consumer_tag: str) -> None:
         self._consumer_tags.pop(consumer_tag, None)
         if self.connection.client_capabilities.get("consumer_cancel_notify"):
-            self.connection.send_method(self.number, amqp.BasicCancel(consumer_tag=consumer_tag))
+            # Sent after the reply to the method being handled (queue.delete-ok first).
+            self.connection.after_method.append(
+                amqp.encode_method_frame(
+                    self.number, amqp.BasicCancel(consumer_tag=consumer_tag, nowait=True)
+                )
+            )
+            self.connection.schedule_flush()
 
     def _send_content(self, method: amqp.Method, message: Message) -> None:
         connection = self.connection
@@ -287,8 +304,12 @@ class ServerChannel:
         self.connection.core.broker.store.sync(lambda: self._reply(method))
 
     def _channel_flow(self, method: amqp.ChannelFlow) -> None:
-        self.core.flow(method.active)
-        self._reply(amqp.ChannelFlowOk(active=method.active))
+        # As RabbitMQ: a client may not pause the broker's deliveries with channel.flow
+        # (basic.qos is the way); active=false closes the connection with 540.
+        if not method.active:
+            raise AMQPNotImplemented("active=false")
+        self.core.flow(True)
+        self._reply(amqp.ChannelFlowOk(active=True))
 
     def _access_request(self, method: amqp.AccessRequest) -> None:
         self._reply(amqp.AccessRequestOk(ticket=1))
@@ -336,8 +357,8 @@ class ServerChannel:
         )
         if method.nowait:
             return
-        if queue is None:  # the direct reply-to pseudo-queue
-            self._reply(amqp.QueueDeclareOk(queue=method.queue, message_count=0, consumer_count=0))
+        if queue is None:  # the direct reply-to pseudo-queue: always one consumer, as RabbitMQ
+            self._reply(amqp.QueueDeclareOk(queue=method.queue, message_count=0, consumer_count=1))
             return
         self._reply_when_durable(
             amqp.QueueDeclareOk(
@@ -348,8 +369,14 @@ class ServerChannel:
         )
 
     def _queue_bind(self, method: amqp.QueueBind) -> None:
-        queue = self.core.queue(method.queue)
-        self.core.vhost.bind_queue(queue, method.exchange, method.routing_key, method.arguments)
+        core = self.core
+        core.vhost.bind_queue(
+            core.queue_name(method.queue),
+            method.exchange,
+            method.routing_key,
+            method.arguments,
+            core.connection,
+        )
         if not method.nowait:
             self._reply_when_durable(amqp.QueueBindOk())
 
@@ -455,13 +482,11 @@ def _ignore(method: amqp.Method) -> None:
 
 
 def _unexpected(state: ChannelState, frame_type: int) -> UnexpectedFrame:
-    names = {FRAME_METHOD: "method", FRAME_HEADER: "content header", FRAME_BODY: "content body"}
+    # RabbitMQ's texts; while content is expected the error belongs to basic.publish.
     if state is ChannelState.OPEN:
-        return UnexpectedFrame(
-            f"expected method frame, got {names.get(frame_type, 'unknown')} frame instead"
-        )
+        return UnexpectedFrame("expected method frame, got non method frame instead")
     if state is ChannelState.EXPECT_HEADER:
         return UnexpectedFrame(
-            "expected content header for class 60, got non content header frame instead"
+            "expected content header for class 60, got non content header frame instead", 60, 40
         )
-    return UnexpectedFrame("expected content body, got non content body frame instead")
+    return UnexpectedFrame("expected content body, got non content body frame instead", 60, 40)

@@ -109,6 +109,8 @@ class AMQPConnection(asyncio.Protocol):
         self.channels: dict[int, ServerChannel] = {}
         self.core: CoreConnection = None  # type: ignore[assignment]  # set by connection.open
         self.out: list[bytes] = []
+        # Frames that must follow the reply of the method being handled.
+        self.after_method: list[bytes] = []
         self.confirms_pending: set[ServerChannel] = set()
         self._flush_scheduled = False
         self._header = b""
@@ -194,6 +196,10 @@ class AMQPConnection(asyncio.Protocol):
             except Exception:
                 log.exception("internal error on connection %s, channel %d", self.peer, number)
                 self._fail(InternalError("internal error"), 0, None)
+            if self.after_method:
+                self.out.extend(self.after_method)
+                self.after_method.clear()
+                self.schedule_flush()
 
     # -- the handshake -------------------------------------------------------------
 
@@ -336,14 +342,19 @@ class AMQPConnection(asyncio.Protocol):
         if frame_type == FRAME_HEARTBEAT:
             raise UnexpectedFrame(f"heartbeat frame on channel {number}")
         if frame_type != FRAME_METHOD:
-            raise ChannelError(f"expected 'channel.open' on channel {number}")
+            raise UnexpectedFrame("expected method frame, got non method frame instead")
         method = amqp.decode_method(payload)
         if not isinstance(method, amqp.ChannelOpen):
-            raise ChannelError(f"expected 'channel.open' on channel {number}, got '{method.NAME}'")
-        if number > self.channel_max:
-            raise NotAllowed(
-                f"channel number {number} is beyond the negotiated channel_max ({self.channel_max})"
+            raise ChannelError("expected 'channel.open'")
+        if len(self.channels) >= self.channel_max:
+            # As RabbitMQ: channel_max bounds how many are open, not their numbers.
+            self.close(
+                NotAllowed(
+                    f"number of channels opened ({len(self.channels)}) has reached the "
+                    f"negotiated channel_max ({self.channel_max})"
+                )
             )
+            return
         self.channels[number] = ServerChannel(self, number)
         self.send_method(number, amqp.ChannelOpenOk())
 
@@ -387,13 +398,19 @@ class AMQPConnection(asyncio.Protocol):
             self.close(exc)
 
     def _fail_handshake(self, exc: AMQPError) -> None:
+        """As RabbitMQ: a refused login is told only to clients that asked for it
+        (authentication_failure_close); a refused connection.open is always told;
+        anything else before that just closes the socket."""
         log.info("closing connection %s during handshake: %s", self.peer, exc.reply_text)
-        if isinstance(exc, AccessRefused) and self.client_capabilities.get(
+        if self.state is S.AWAIT_OPEN:
+            self.close(exc)
+        elif isinstance(exc, AccessRefused) and self.client_capabilities.get(
             "authentication_failure_close"
         ):
+            exc.class_id = exc.method_id = 0
             self.close(exc)
-            return
-        self._drop()
+        else:
+            self._drop()
 
     def close(self, exc: AMQPError) -> None:
         """Sends connection.close and waits (a little) for close-ok."""
@@ -460,6 +477,9 @@ class AMQPConnection(asyncio.Protocol):
                 channel.flush_confirms()
             self.confirms_pending.clear()
         out = self.out
+        if self.after_method:
+            out.extend(self.after_method)
+            self.after_method.clear()
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))
             self._sent_since_tick = True

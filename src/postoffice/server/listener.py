@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from .. import __version__
 from ..amqp import BasicProperties
@@ -23,9 +24,9 @@ log = logging.getLogger("postoffice.server")
 _SHUTDOWN_GRACE = 5.0  # seconds clients get to answer connection.close on shutdown
 
 
-def _rewrite_reply_to(properties: Properties, reply_to: str) -> Properties:
+def _edit_properties(properties: Properties, changes: dict[str, Any]) -> Properties:
     assert isinstance(properties, BasicProperties)
-    return properties.replace(reply_to=reply_to)
+    return properties.replace(**changes)
 
 
 class Server:
@@ -41,7 +42,7 @@ class Server:
             store=store if store is not None else MemoryStore(),
             users={self.settings.default_user: self.settings.default_pass},
             default_vhost=self.settings.default_vhost,
-            rewrite_reply_to=_rewrite_reply_to,
+            edit_properties=_edit_properties,
         )
         self.connections: set[AMQPConnection] = set()
         self._servers: list[asyncio.Server] = []

@@ -1,0 +1,133 @@
+"""Validation of the ``x-`` queue arguments RabbitMQ knows, with RabbitMQ's error texts.
+
+A queue declared with a bad value for a known argument is refused with 406
+``invalid arg '<key>' for queue '<name>' in vhost '<vhost>': <reason>``, where the
+reason reads as RabbitMQ prints it (``{value_negative,-1}``, ``invalid_overflow``,
+...).  Unknown arguments are accepted, as in RabbitMQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ..errors import PreconditionFailed
+
+__all__ = ["QUEUE_TYPES", "check_queue_arguments"]
+
+QUEUE_TYPES = ("classic", "quorum", "stream")
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+QUEUE_MODES = ("default", "lazy")
+
+_Check = Callable[[Any, Mapping[str, Any]], str | None]
+
+
+def _wire_type(value: Any) -> str:
+    """The AMQP field type name RabbitMQ would report for a decoded value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, str | bytes):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, Decimal):
+        return "decimal"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, datetime):
+        return "timestamp"
+    return "void"
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _integer(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None
+    return f'"expected integer, got {_wire_type(value)}"'
+
+
+def _non_negative(value: Any, _: Mapping[str, Any]) -> str | None:
+    problem = _integer(value)
+    if problem is None and value < 0:
+        return f"{{value_negative,{value}}}"
+    return problem
+
+
+def _positive(value: Any, _: Mapping[str, Any]) -> str | None:
+    problem = _non_negative(value, _)
+    if problem is None and value == 0:
+        return "{value_zero,0}"
+    return problem
+
+
+def _max_priority(value: Any, _: Mapping[str, Any]) -> str | None:
+    problem = _non_negative(value, _)
+    if problem is None and value > 255:
+        return f"{{max_value_exceeded,{value}}}"
+    return problem
+
+
+def _string(value: Any, _: Mapping[str, Any]) -> str | None:
+    return None if _text(value) is not None else f"{{unacceptable_type,{_wire_type(value)}}}"
+
+
+def _dead_letter_routing_key(value: Any, arguments: Mapping[str, Any]) -> str | None:
+    problem = _string(value, arguments)
+    if problem is None and "x-dead-letter-exchange" not in arguments:
+        return "routing_key_but_no_dlx_defined"
+    return problem
+
+
+def _one_of(choices: tuple[str, ...], reason: Callable[[str], str]) -> _Check:
+    def check(value: Any, arguments: Mapping[str, Any]) -> str | None:
+        text = _text(value)
+        if text is None:
+            return f"{{unacceptable_type,{_wire_type(value)}}}"
+        return None if text in choices else reason(text)
+
+    return check
+
+
+def _boolean(value: Any, _: Mapping[str, Any]) -> str | None:
+    return None if isinstance(value, bool) else f"{{unacceptable_type,{_wire_type(value)}}}"
+
+
+_CHECKS: dict[str, _Check] = {
+    "x-expires": _positive,
+    "x-message-ttl": _non_negative,
+    "x-dead-letter-exchange": _string,
+    "x-dead-letter-routing-key": _dead_letter_routing_key,
+    "x-max-length": _non_negative,
+    "x-max-length-bytes": _non_negative,
+    "x-max-in-memory-length": _non_negative,
+    "x-max-in-memory-bytes": _non_negative,
+    "x-max-priority": _max_priority,
+    "x-overflow": _one_of(OVERFLOW_MODES, lambda _: "invalid_overflow"),
+    "x-queue-mode": _one_of(QUEUE_MODES, lambda text: f"\"unsupported queue mode '{text}'\""),
+    "x-single-active-consumer": _boolean,
+    "x-queue-type": _one_of(QUEUE_TYPES, lambda text: f"\"unsupported queue type '{text}'\""),
+    "x-delivery-limit": _non_negative,
+    "x-max-age": _string,
+    "x-stream-max-segment-size-bytes": _non_negative,
+}
+
+
+def check_queue_arguments(arguments: Mapping[str, Any], what: str) -> None:
+    """Raises 406 for the first known argument with a value RabbitMQ would refuse."""
+    for key, value in arguments.items():
+        check = _CHECKS.get(key)
+        if check is not None:
+            reason = check(value, arguments)
+            if reason is not None:
+                raise PreconditionFailed(f"invalid arg '{key}' for {what}: {reason}")
