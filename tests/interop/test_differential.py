@@ -199,7 +199,7 @@ def test_unknown_exchange_type_documented_difference(differential, rabbitmq_vers
         "declare": (
             "channel-closed",
             406,
-            "PRECONDITION_FAILED - invalid exchange type 'no-such-type'",
+            "PRECONDITION_FAILED - unknown exchange type 'no-such-type'",
         ),
         "created": False,
     }

@@ -312,7 +312,8 @@ class Channel:
             self._kick_all()
 
     def _kick_all(self) -> None:
-        for queue in {c.queue for c in self.consumers.values() if c.queue is not None}:
+        # A dict, not a set: the core is deterministic, queues are kicked in order.
+        for queue in dict.fromkeys(c.queue for c in self.consumers.values() if c.queue is not None):
             queue.dispatch()
 
     # -- acknowledgements ----------------------------------------------------------
@@ -370,14 +371,14 @@ class Channel:
         self._settle(records, requeue=True)
 
     def _settle(self, records: list[Unacked], requeue: bool) -> None:
-        kicked: set[Queue] = set()
+        kicked: dict[Queue, None] = {}
         returned: dict[Queue, list[QueueEntry]] = {}
         for entry, queue, consumer in records:
             if consumer is not None:
                 consumer.unacked -= 1
                 self.unacked_count -= 1
                 if consumer.queue is not None:
-                    kicked.add(consumer.queue)
+                    kicked[consumer.queue] = None
             if requeue and queue is not None:
                 returned.setdefault(queue, []).append(entry)
         for queue, entries in returned.items():

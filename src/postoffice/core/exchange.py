@@ -42,6 +42,8 @@ def freeze_arguments(arguments: Mapping[str, Any] | None) -> tuple[tuple[str, An
 
 
 def _freeze(value: Any) -> Any:
+    if isinstance(value, bool):  # True == 1 in Python, never in AMQP
+        return ("bool", value)
     if isinstance(value, dict):
         return ("table", freeze_arguments(value))
     if isinstance(value, list):

@@ -96,7 +96,7 @@ class VHost:
         if not passive and type not in EXCHANGE_TYPES:
             # RabbitMQ 3.10 closes the connection with 503 here; newer versions close the
             # channel with 406, which is what clients' suites expect (docs/compatibility.md).
-            raise PreconditionFailed(f"invalid exchange type '{type}'")
+            raise PreconditionFailed(f"unknown exchange type '{type}'")
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
         existing = self.exchanges.get(name)
@@ -142,11 +142,12 @@ class VHost:
         self._remove_exchange(exchange)
 
     def _remove_exchange(self, exchange: Exchange) -> None:
-        del self.exchanges[exchange.name]
         for binding in list(exchange.bindings):
             self._remove_binding(binding, allow_auto_delete=False)
         for binding in list(self._incoming.get((False, exchange.name), ())):
             self._remove_binding(binding)
+        self._incoming.pop((False, exchange.name), None)
+        del self.exchanges[exchange.name]
         if exchange.durable:
             self.store.delete(_exchange_record(self.name, exchange))
 
@@ -448,7 +449,16 @@ def _check_queue_equivalent(
                 f"inequivalent arg '{field}' for {what}: received '{str(received).lower()}' "
                 f"but current is '{str(current).lower()}'"
             )
-    check_arguments_equivalent(what, queue.arguments, arguments, QUEUE_EQUIVALENCE_ARGUMENTS)
+    # As RabbitMQ: no x-queue-type and x-queue-type "classic" are the same thing.
+    check_arguments_equivalent(
+        what, _typed(queue.arguments), _typed(arguments), QUEUE_EQUIVALENCE_ARGUMENTS
+    )
+
+
+def _typed(arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+    if arguments.get("x-queue-type") in (None, "classic", b"classic"):
+        return {**arguments, "x-queue-type": "classic"}
+    return arguments
 
 
 def _exchange_record(vhost: str, exchange: Exchange) -> ExchangeRecord:
