@@ -17,6 +17,7 @@ publisher sends come back to consumers unchanged.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from ..errors import FrameError
 
@@ -29,17 +30,19 @@ __all__ = [
     "FRAME_HEADER",
     "FRAME_HEARTBEAT",
     "FRAME_METHOD",
+    "FRAME_PUBLISH",
     "HEARTBEAT_FRAME",
     "PROTOCOL_HEADER",
     "FrameReader",
+    "append_delivery",
     "decode_ack",
     "decode_content_header",
     "decode_nack",
     "decode_publish",
     "decode_reject",
+    "deliver_framing",
     "encode_ack",
     "encode_content",
-    "encode_deliver",
     "encode_frame",
     "encode_nack",
     "method_index",
@@ -52,6 +55,7 @@ FRAME_METHOD = 1
 FRAME_HEADER = 2
 FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
+FRAME_PUBLISH = 0  # not on the wire: a whole publish (method, header, body) as one event
 _FRAME_END = 0xCE
 _END = b"\xce"
 
@@ -65,6 +69,8 @@ _FRAME_HEADER = struct.Struct(">BHI")
 _HEADER_FRAME_START = struct.Struct(">BHIHHQ")  # frame header, class-id, weight, body-size
 _CONTENT_HEADER = struct.Struct(">HHQ")
 _INDEX = struct.Struct(">I")
+_BODY_SIZE = struct.Struct(">Q")
+_PUBLISH_ID = b"\x00\x3c\x00\x28"
 _TAG_BIT = struct.Struct(">QB")
 _DELIVER_TAIL = struct.Struct(">QB")
 _ACK = struct.Struct(">BHIIQB")  # frame header, method index, delivery-tag, bits
@@ -74,30 +80,40 @@ _DELIVER_ID = b"\x00\x3c\x00\x3c"
 
 
 class FrameReader:
-    """Splits a byte stream into ``(type, channel, payload)`` frames.
+    """Splits a byte stream into frames, and whole publishes into single events.
+
+    :meth:`feed` returns a list of events.  Most are ``(type, channel, payload)``
+    frames.  A basic.publish whose content header and single body frame follow it
+    in the same buffer, well formed, comes as one event instead:
+    ``(FRAME_PUBLISH, channel, (exchange, routing key, mandatory, immediate),
+    properties, body)`` -- the common case, handled with one dispatch rather than
+    three.  Anything unusual (a split body, a frame cut by the end of the buffer, a
+    malformed header) is left to the frame-by-frame path, which reports errors.
 
     Keeps only the unparsed tail between calls.  ``frame_max`` (the negotiated
-    maximum frame size, header and end octet included) may be raised after
+    maximum frame size, header and end octet included) may be changed after
     connection.tune-ok.
     """
 
-    __slots__ = ("_buffer", "frame_max")
+    __slots__ = ("_buffer", "_publishes", "frame_max")
 
     def __init__(self, frame_max: int = 131072) -> None:
         self._buffer = b""
         self.frame_max = frame_max
+        # Decoded basic.publish arguments by their wire bytes: publishers repeat them.
+        self._publishes: dict[bytes, tuple[str, str, bool, bool]] = {}
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
         buffer = self._buffer + data if self._buffer else data
-        frames: list[tuple[int, int, bytes]] = []
-        append = frames.append
+        events: list[tuple[Any, ...]] = []
+        append = events.append
         unpack = _FRAME_HEADER.unpack_from
         size_limit = self.frame_max - 8
         pos = 0
         end_of_data = len(buffer)
         while end_of_data - pos >= 8:
             frame_type, channel, size = unpack(buffer, pos)
-            if size > size_limit and self.frame_max:
+            if size > size_limit:
                 raise FrameError(
                     f"frame size {size + 8} larger than negotiated maximum {self.frame_max}"
                 )
@@ -106,12 +122,68 @@ class FrameReader:
                 break
             if buffer[end] != _FRAME_END:
                 raise FrameError(f"invalid frame end marker 0x{buffer[end]:02x} (expected 0xce)")
-            if frame_type not in (1, 2, 3, 8):
+            if frame_type == FRAME_METHOD and channel and buffer[pos + 7 : pos + 11] == _PUBLISH_ID:
+                whole = self._whole_publish(buffer, pos, end, channel)
+                if whole:
+                    append(whole[0])
+                    pos = whole[1]
+                    continue
+            elif frame_type not in (1, 2, 3, 8):
                 raise FrameError(f"unknown frame type {frame_type}")
             append((frame_type, channel, buffer[pos + 7 : end]))
             pos = end + 1
         self._buffer = buffer[pos:] if pos < end_of_data else b""
-        return frames
+        return events
+
+    def _whole_publish(
+        self, buffer: bytes, pos: int, end: int, channel: int
+    ) -> tuple[tuple[Any, ...], int] | None:
+        """A publish event and the position after its body, if all of it is here."""
+        header = end + 1
+        end_of_data = len(buffer)
+        if end_of_data - header < 8:
+            return None
+        frame_type, header_channel, size = _FRAME_HEADER.unpack_from(buffer, header)
+        header_end = header + 7 + size
+        if (
+            frame_type != FRAME_HEADER
+            or header_channel != channel
+            or size < 14
+            or size > self.frame_max - 8
+            or header_end >= end_of_data
+            or buffer[header_end] != _FRAME_END
+            or buffer[header + 7 : header + 9] != b"\x00\x3c"
+        ):
+            return None
+        body_size = _BODY_SIZE.unpack_from(buffer, header + 11)[0]
+        body = header_end + 1
+        if body_size == 0:
+            content = b""
+            after = body
+        else:
+            if end_of_data - body < 8:
+                return None
+            frame_type, body_channel, size = _FRAME_HEADER.unpack_from(buffer, body)
+            body_end = body + 7 + size
+            if (
+                frame_type != FRAME_BODY
+                or body_channel != channel
+                or size != body_size
+                or size > self.frame_max - 8
+                or body_end >= end_of_data
+                or buffer[body_end] != _FRAME_END
+            ):
+                return None
+            content = buffer[body + 7 : body_end]
+            after = body_end + 1
+        method = buffer[pos + 7 : end]
+        publish = self._publishes.get(method)
+        if publish is None:
+            publish = decode_publish(method)
+            if len(self._publishes) >= 1024:
+                self._publishes.clear()
+            self._publishes[method] = publish
+        return (FRAME_PUBLISH, channel, publish, buffer[header + 19 : header_end], content), after
 
     @property
     def pending(self) -> int:
@@ -216,30 +288,55 @@ def encode_content(channel: int, properties: bytes, body: bytes, frame_max: int)
     return parts
 
 
-def encode_deliver(
-    channel: int,
-    consumer_tag: bytes,
-    delivery_tag: int,
-    redelivered: bool,
-    exchange: bytes,
-    routing_key: bytes,
-) -> bytes:
-    """A basic.deliver method frame; the strings come already in shortstr form."""
-    payload = b"".join(
-        (
-            _DELIVER_ID,
-            consumer_tag,
-            _DELIVER_TAIL.pack(delivery_tag, redelivered),
-            exchange,
-            routing_key,
-        )
-    )
-    return _FRAME_HEADER.pack(FRAME_METHOD, channel, len(payload)) + payload + _END
-
-
 def encode_ack(channel: int, delivery_tag: int, multiple: bool) -> bytes:
     return _ACK.pack(FRAME_METHOD, channel, 13, BASIC_ACK, delivery_tag, multiple) + _END
 
 
 def encode_nack(channel: int, delivery_tag: int, multiple: bool) -> bytes:
     return _ACK.pack(FRAME_METHOD, channel, 13, BASIC_NACK, delivery_tag, multiple) + _END
+
+
+_BODY_START = struct.Struct(">BBHI")  # the content header's frame-end, then a body frame header
+
+
+def deliver_framing(
+    channel: int, consumer_tag: str, exchange: str, routing_key: str
+) -> tuple[bytes, bytes]:
+    """The bytes of a basic.deliver frame before and after its delivery-tag and redelivered.
+
+    They are the same for every delivery to one consumer from one exchange and routing
+    key, so a server computes them once and keeps them.
+    """
+    tag, exchange_, routing_key_ = shortstr(consumer_tag), shortstr(exchange), shortstr(routing_key)
+    size = 4 + len(tag) + 9 + len(exchange_) + len(routing_key_)
+    return (
+        _FRAME_HEADER.pack(FRAME_METHOD, channel, size) + _DELIVER_ID + tag,
+        exchange_ + routing_key_ + _END,
+    )
+
+
+def append_delivery(
+    out: list[bytes],
+    channel: int,
+    framing: tuple[bytes, bytes],
+    delivery_tag: int,
+    redelivered: bool,
+    properties: bytes,
+    body: bytes,
+    frame_max: int,
+) -> None:
+    """Appends the frames of one basic.deliver with its content to ``out``."""
+    size = len(body)
+    out.append(framing[0])
+    out.append(_DELIVER_TAIL.pack(delivery_tag, redelivered))
+    out.append(framing[1])
+    if 0 < size <= frame_max - 8:
+        out.append(
+            _HEADER_FRAME_START.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, size)
+        )
+        out.append(properties)
+        out.append(_BODY_START.pack(_FRAME_END, FRAME_BODY, channel, size))
+        out.append(body)
+        out.append(_END)
+    else:
+        out.extend(encode_content(channel, properties, body, frame_max))

@@ -20,9 +20,9 @@ from ..amqp.frames import (
     FRAME_BODY,
     FRAME_HEADER,
     FRAME_METHOD,
+    append_delivery,
+    deliver_framing,
     encode_content,
-    encode_deliver,
-    shortstr,
 )
 from ..core import Channel, Message
 from ..errors import (
@@ -55,7 +55,7 @@ _ACCEPTS: dict[ChannelState, frozenset[int]] = {
     ChannelState.CLOSING: frozenset({FRAME_METHOD, FRAME_HEADER, FRAME_BODY}),
 }
 
-_SSTR_CACHE_LIMIT = 4096
+_FRAMING_CACHE_LIMIT = 4096
 
 
 class ServerChannel:
@@ -64,10 +64,11 @@ class ServerChannel:
     def __init__(self, connection: AMQPConnection, number: int) -> None:
         self.connection = connection
         self.number = number
-        self.state = ChannelState.OPEN
+        self._state = ChannelState.OPEN
+        self._accepts = _ACCEPTS[ChannelState.OPEN]
         self.core: Channel = connection.core.open_channel(number, self)
-        self._consumer_tags: dict[str, bytes] = {}
-        self._sstr: dict[str, bytes] = {}
+        # basic.deliver framing by (consumer tag, exchange, routing key).
+        self._deliveries: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
         # The publish being assembled: exchange, routing key, mandatory, immediate.
         self._publish: tuple[str, str, bool, bool] | None = None
         self._properties = b""
@@ -102,13 +103,23 @@ class ServerChannel:
             amqp.TxRollback: self._tx_rollback,
         }
 
+    @property
+    def state(self) -> ChannelState:
+        return self._state
+
+    @state.setter
+    def state(self, state: ChannelState) -> None:
+        # What a state accepts is looked up on the rare state change, not per frame
+        # (an Enum hashes in Python).
+        self._state = state
+        self._accepts = _ACCEPTS[state]
+
     # -- frames in -----------------------------------------------------------------
 
     def handle_frame(self, frame_type: int, payload: bytes) -> None:
-        state = self.state
-        if frame_type not in _ACCEPTS[state]:
-            raise _unexpected(state, frame_type)
-        if state is ChannelState.CLOSING:
+        if frame_type not in self._accepts:
+            raise _unexpected(self._state, frame_type)
+        if self._state is ChannelState.CLOSING:
             if frame_type == FRAME_METHOD:
                 self._while_closing(payload)
             return
@@ -197,6 +208,25 @@ class ServerChannel:
             self._chunks.append(payload)
             self._received = received
 
+    def publish_whole(
+        self, publish: tuple[str, str, bool, bool], properties: bytes, body: bytes
+    ) -> None:
+        """A basic.publish that arrived together with its content header and body."""
+        if self._state is not ChannelState.OPEN:
+            if self._state is ChannelState.CLOSING:
+                return
+            raise _unexpected(self._state, FRAME_METHOD)
+        limit = self.connection.settings.max_message_size
+        if len(body) > limit:
+            raise PreconditionFailed(
+                f"message size {len(body)} is larger than configured max size {limit}", 60, 40
+            )
+        try:
+            self.core.publish(*publish, amqp.BasicProperties(properties), body)
+        except AMQPError as exc:
+            exc.class_id, exc.method_id = 60, 40
+            raise
+
     def _publish_complete(self, body: bytes) -> None:
         self.state = ChannelState.OPEN
         publish = self._publish
@@ -216,19 +246,21 @@ class ServerChannel:
         self, consumer_tag: str, delivery_tag: int, redelivered: bool, message: Message
     ) -> None:
         connection = self.connection
-        out = connection.out
-        out.append(
-            encode_deliver(
-                self.number,
-                self._consumer_tag(consumer_tag),
-                delivery_tag,
-                redelivered,
-                self._shortstr(message.exchange),
-                self._shortstr(message.routing_key),
-            )
-        )
-        out.extend(
-            encode_content(self.number, message.properties.raw, message.body, connection.frame_max)
+        key = (consumer_tag, message.exchange, message.routing_key)
+        framing = self._deliveries.get(key)
+        if framing is None:
+            if len(self._deliveries) >= _FRAMING_CACHE_LIMIT:
+                self._deliveries.clear()
+            framing = self._deliveries[key] = deliver_framing(self.number, *key)
+        append_delivery(
+            connection.out,
+            self.number,
+            framing,
+            delivery_tag,
+            redelivered,
+            message.properties.raw,
+            message.body,
+            connection.frame_max,
         )
         connection.schedule_flush()
 
@@ -261,7 +293,6 @@ class ServerChannel:
             self._confirm_sent = upto
 
     def consumer_cancelled(self, consumer_tag: str) -> None:
-        self._consumer_tags.pop(consumer_tag, None)
         if self.connection.client_capabilities.get("consumer_cancel_notify"):
             # Sent after the reply to the method being handled (queue.delete-ok first).
             self.connection.after_method.append(
@@ -278,21 +309,6 @@ class ServerChannel:
             encode_content(self.number, message.properties.raw, message.body, connection.frame_max)
         )
         connection.schedule_flush()
-
-    def _consumer_tag(self, tag: str) -> bytes:
-        encoded = self._consumer_tags.get(tag)
-        if encoded is None:
-            encoded = self._consumer_tags[tag] = shortstr(tag)
-        return encoded
-
-    def _shortstr(self, text: str) -> bytes:
-        cache = self._sstr
-        encoded = cache.get(text)
-        if encoded is None:
-            if len(cache) >= _SSTR_CACHE_LIMIT:
-                cache.clear()
-            encoded = cache[text] = shortstr(text)
-        return encoded
 
     # -- method handlers -------------------------------------------------------------
 
@@ -421,7 +437,6 @@ class ServerChannel:
 
     def _basic_cancel(self, method: amqp.BasicCancel) -> None:
         self.core.cancel(method.consumer_tag)
-        self._consumer_tags.pop(method.consumer_tag, None)
         if not method.nowait:
             self._reply(amqp.BasicCancelOk(consumer_tag=method.consumer_tag))
 

@@ -27,6 +27,7 @@ from .. import amqp
 from ..amqp.frames import (
     FRAME_HEARTBEAT,
     FRAME_METHOD,
+    FRAME_PUBLISH,
     HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
     FrameReader,
@@ -59,6 +60,7 @@ log = logging.getLogger("postoffice.connection")
 _CLOSE_TIMEOUT = 3.0  # seconds to wait for close-ok before dropping the socket
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _WRITE_LOW_WATER = 1024 * 1024
+_FAIR_SHARE = 32 * 1024  # bytes read per connection per loop turn before yielding
 
 
 class ConnectionState(Enum):
@@ -115,6 +117,7 @@ class AMQPConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._header = b""
         self._unreadable = False
+        self._yielding = False
         self._last_received = 0.0
         self._sent_since_tick = False
         self._timers: list[asyncio.TimerHandle] = []
@@ -162,6 +165,14 @@ class AMQPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_received = self.loop.time()
+        if len(data) >= _FAIR_SHARE and not self._yielding and self.transport is not None:
+            # A full read means more is waiting.  Take this chunk, then let every other
+            # connection have its turn before reading again: otherwise one flooding
+            # publisher keeps the loop (libuv reads up to ~2 MB at a time) and its
+            # consumers starve.
+            self._yielding = True
+            self.transport.pause_reading()
+            self.loop.call_soon(self._resume_reading)
         if self.state is S.AWAIT_HEADER:
             data = self._protocol_header(data)
             if not data:
@@ -180,19 +191,26 @@ class AMQPConnection(asyncio.Protocol):
                 self.transport.write_eof()
             return
         channels = self.channels
-        for frame_type, number, payload in frames:
+        for event in frames:
             if self.state is S.CLOSED:
                 return
+            frame_type = event[0]
+            number = event[1]
             try:
                 channel = channels.get(number)
                 if channel is not None:
-                    channel.handle_frame(frame_type, payload)
+                    if frame_type == FRAME_PUBLISH:
+                        channel.publish_whole(event[2], event[3], event[4])
+                    else:
+                        channel.handle_frame(frame_type, event[2])
+                elif frame_type == FRAME_PUBLISH:
+                    self._unopened_channel(number, FRAME_METHOD, None)
                 elif number == 0:
-                    self._channel_zero(frame_type, payload)
+                    self._channel_zero(frame_type, event[2])
                 else:
-                    self._unopened_channel(number, frame_type, payload)
+                    self._unopened_channel(number, frame_type, event[2])
             except AMQPError as exc:
-                self._fail(exc, number, payload if frame_type == FRAME_METHOD else None)
+                self._fail(exc, number, event[2] if frame_type == FRAME_METHOD else None)
             except Exception:
                 log.exception("internal error on connection %s, channel %d", self.peer, number)
                 self._fail(InternalError("internal error"), 0, None)
@@ -200,6 +218,11 @@ class AMQPConnection(asyncio.Protocol):
                 self.out.extend(self.after_method)
                 self.after_method.clear()
                 self.schedule_flush()
+
+    def _resume_reading(self) -> None:
+        self._yielding = False
+        if self.transport is not None and self.state is not S.CLOSED:
+            self.transport.resume_reading()
 
     # -- the handshake -------------------------------------------------------------
 
@@ -334,7 +357,8 @@ class AMQPConnection(asyncio.Protocol):
         if handler is not None:
             getattr(self, handler)(method)
 
-    def _unopened_channel(self, number: int, frame_type: int, payload: bytes) -> None:
+    def _unopened_channel(self, number: int, frame_type: int, payload: bytes | None) -> None:
+        """A frame on a channel that is not open; ``payload`` None for a whole publish."""
         if self.state is S.CLOSING:
             return
         if self.state is not S.OPEN:
@@ -343,7 +367,7 @@ class AMQPConnection(asyncio.Protocol):
             raise UnexpectedFrame(f"heartbeat frame on channel {number}")
         if frame_type != FRAME_METHOD:
             raise UnexpectedFrame("expected method frame, got non method frame instead")
-        method = amqp.decode_method(payload)
+        method = amqp.decode_method(payload) if payload is not None else None
         if not isinstance(method, amqp.ChannelOpen):
             raise ChannelError("expected 'channel.open'")
         if len(self.channels) >= self.channel_max:

@@ -172,16 +172,17 @@ class QueueIndex:
     def restore(self, message_id: int, position: int, count: int) -> None:
         """A publish record found while replaying: new, or a rewrite of one already held."""
         ids = self.ids
-        if ids and message_id <= ids[-1]:
+        if self.extra and message_id in self.extra:
+            self.extra[message_id] = position
+        elif ids and message_id <= ids[-1]:
             i = self._find(message_id)
             if i >= 0 and self.pos[i]:
                 self.pos[i] = position
             else:
                 if self.extra is None:
                     self.extra = {}
-                if message_id not in self.extra:
-                    self.live += 1
                 self.extra[message_id] = position
+                self.live += 1
         else:
             self.append(message_id, position)
         if count:

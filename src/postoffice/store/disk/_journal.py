@@ -51,6 +51,9 @@ class DefinitionsJournal:
         self.records: dict[Any, Record] = {}
         self._sizes: dict[Any, int] = {}  # key -> bytes of its put frame
         self._live_bytes = 0
+        # Definitions may be missing: the journal was cut, torn or absent.  The store then
+        # keeps the messages of queues it has no definition for, rather than drop them.
+        self.incomplete = False
         self.file = self._load()
 
     # -- start-up -------------------------------------------------------------------
@@ -60,6 +63,7 @@ class DefinitionsJournal:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
+            self.incomplete = True
             return AppendFile(self.path, 0, header(DEFINITIONS_MAGIC))
         try:
             check_header(self.path, data, DEFINITIONS_MAGIC)
@@ -70,8 +74,11 @@ class DefinitionsJournal:
                     "move it out of the data directory"
                 ) from None
             log.warning(
-                "%s: %s, left by a crash at creation; starting it afresh", self.path, problem
+                "%s: %s, left by a crash at creation or damaged; starting it afresh",
+                self.path,
+                problem,
             )
+            self.incomplete = True
             self.path.unlink()
             return AppendFile(self.path, 0, header(DEFINITIONS_MAGIC))
         offsets, stop, reason = scan(data, HEADER.size)
@@ -85,6 +92,7 @@ class DefinitionsJournal:
                 break
         file = AppendFile(self.path, stop)
         if stop < len(data):
+            self.incomplete = True
             cut_tail(self.path, file.open(), data, stop, reason, self._aside)
         return file
 

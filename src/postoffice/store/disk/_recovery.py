@@ -165,7 +165,11 @@ class Recovery:
                         queue = by_tag.get(tag) or self._queue(data, tag_start)[0]
                         (deliveries,) = _unpack_u32(data, tag_end)
                         ids = queue.ids
-                        if not deliveries and (not ids or message_id > ids[-1]):
+                        if (
+                            not deliveries
+                            and queue.extra is None
+                            and (not ids or message_id > ids[-1])
+                        ):
                             ids.append(message_id)
                             queue.pos.append(base | pos)
                             queue.live += 1

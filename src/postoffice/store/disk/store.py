@@ -117,12 +117,7 @@ class DiskStore:
         self._by_tag = recovery.by_tag
         self._segments = recovery.segments
         self._next_id = recovery.max_id + 1
-        durable = {(q.vhost, q.name) for q in self._journal.definitions().queues}
-        for vhost, name in [key for key in self._queues if key not in durable]:
-            log.info(
-                "dropping the messages of queue %r in vhost %r: it has no definition", name, vhost
-            )
-            self._drop_queue(vhost, name)
+        self._drop_orphans()
         number = recovery.highest + 1
         self._active = Segment(self._messages_dir, number, 0, self._next_id)
         self._segments[number] = self._active
@@ -139,6 +134,32 @@ class DiskStore:
             len(self._queues),
             self.path,
         )
+
+    def _drop_orphans(self) -> None:
+        """Drops the messages of queues without a definition: deleted queues whose drop
+        records were not yet durable at a crash.  Unless the journal was damaged or missing:
+        then the definition may be what was lost, and the messages are kept for the queue
+        to be declared again."""
+        durable = {(q.vhost, q.name) for q in self._journal.definitions().queues}
+        for vhost, name in [key for key in self._queues if key not in durable]:
+            count = self._queues[(vhost, name)].live
+            if self._journal.incomplete:
+                log.warning(
+                    "keeping %d messages of queue %r in vhost %r although it has no definition "
+                    "(the definitions journal was damaged or missing); declare the queue again to get "
+                    "them back at the next start, or delete it to drop them",
+                    count,
+                    name,
+                    vhost,
+                )
+            else:
+                log.info(
+                    "dropping %d messages of queue %r in vhost %r: it has no definition",
+                    count,
+                    name,
+                    vhost,
+                )
+                self._drop_queue(vhost, name)
 
     # -- definitions ----------------------------------------------------------------
 
@@ -273,6 +294,8 @@ class DiskStore:
         segments = self._segments
         remove = index.remove
         number = -1
+        segment = self._active
+        pending: list[int] = []
         for message_id in message_ids:
             position = remove(message_id)
             if not position:
@@ -280,10 +303,11 @@ class DiskStore:
             if position >> 32 != number:  # acks mostly come in order: same segment as the last
                 number = position >> 32
                 segment = segments[number]
-                pending = segment.settles.get(index)
-                if pending is None:
-                    pending = segment.settles[index] = []
+                found = segment.settles.get(index)
+                if found is None:
+                    found = segment.settles[index] = []
                     self._touched[number] = segment
+                pending = found
             segment.live -= 1
             pending.append(message_id)
         if not self._woken:
