@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -123,8 +124,22 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def tune_garbage_collector() -> None:
+    """Makes CPython's cyclic collector run rarely.
+
+    A broker's heap is mostly queued messages, which form no cycles, but each is
+    a tracked object: with the default thresholds the collector walks the whole
+    backlog again and again as it grows (measured: a quarter of the CPU with a few
+    hundred thousand messages queued).  Cyclic garbage here comes from closed
+    connections, which are rare; it is still collected, just less eagerly.
+    """
+    gc.freeze()  # what start-up built lives as long as the process
+    gc.set_threshold(100_000, 50, 20)
+
+
 def run(settings: Settings) -> None:
     """Runs a server until SIGINT or SIGTERM, then shuts it down gracefully."""
+    tune_garbage_collector()
     loop = new_event_loop()
     try:
         loop.run_until_complete(Server(settings).serve_until_signalled())
