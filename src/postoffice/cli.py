@@ -42,6 +42,7 @@ _METAVARS = {
     "channel_max": "N",
     "handshake_timeout": "SECONDS",
     "max_message_size": "BYTES",
+    "memory_high_watermark": "FRACTION",
     "default_user": "USER",
     "default_vhost": "VHOST",
     "loopback_users": "USERS",

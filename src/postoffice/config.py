@@ -103,6 +103,13 @@ class Settings:
         default=134217728,
         metadata=_help(f"largest message body in bytes, at most {_MAX_MESSAGE_SIZE_LIMIT}"),
     )
+    memory_high_watermark: float = field(
+        default=0.4,
+        metadata=_help(
+            "fraction of RAM above which publishers are blocked (connection.blocked), "
+            "as RabbitMQ's vm_memory_high_watermark; 1 disables"
+        ),
+    )
     default_user: str = field(default="guest", metadata=_help("name of the built-in user"))
     default_pass: str = field(
         default="guest", repr=False, metadata=_help("password of the built-in user")
@@ -284,8 +291,8 @@ _CONVERTERS: dict[object, Callable[[object], Any]] = {
 # --- checks: the range of each field --------------------------------------------------
 
 
-def _between(low: int, high: int) -> Callable[[int], int]:
-    def check(value: int) -> int:
+def _between(low: float, high: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
         if not low <= value <= high:
             raise _Invalid(f"must be between {low} and {high}")
         return value
@@ -321,6 +328,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "channel_max": _between(1, 65535),
     "handshake_timeout": _positive,
     "max_message_size": _between(1, _MAX_MESSAGE_SIZE_LIMIT),
+    "memory_high_watermark": _between(0.01, 1.0),
     "default_user": _not_empty,
     "default_vhost": _not_empty,
 }

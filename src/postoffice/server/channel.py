@@ -212,6 +212,8 @@ class ServerChannel:
         self, publish: tuple[str, str, bool, bool], properties: bytes, body: bytes
     ) -> None:
         """A basic.publish that arrived together with its content header and body."""
+        if not self.connection.publishes:
+            self.connection.first_publish()
         if self._state is not ChannelState.OPEN:
             if self._state is ChannelState.CLOSING:
                 return
@@ -228,6 +230,8 @@ class ServerChannel:
             raise
 
     def _publish_complete(self, body: bytes) -> None:
+        if not self.connection.publishes:
+            self.connection.first_publish()
         self.state = ChannelState.OPEN
         publish = self._publish
         assert publish is not None

@@ -118,6 +118,10 @@ class AMQPConnection(asyncio.Protocol):
         self._header = b""
         self._unreadable = False
         self._yielding = False
+        # Resource alarm: on broker-wide; this connection blocked once it publishes.
+        self.alarm = server.alarm_active
+        self.publishes = False
+        self._blocked = False
         self._last_received = 0.0
         self._sent_since_tick = False
         self._timers: list[asyncio.TimerHandle] = []
@@ -221,8 +225,35 @@ class AMQPConnection(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._yielding = False
-        if self.transport is not None and self.state is not S.CLOSED:
+        if self.transport is not None and self.state is not S.CLOSED and not self._blocked:
             self.transport.resume_reading()
+
+    # -- resource alarms -------------------------------------------------------------
+
+    def first_publish(self) -> None:
+        """Called on this connection's first publish: it is a publisher from now on."""
+        self.publishes = True
+        if self.alarm:
+            self._block()
+
+    def set_alarm(self, active: bool) -> None:
+        self.alarm = active
+        if active and self.publishes:
+            self._block()
+        elif not active and self._blocked:
+            self._blocked = False
+            if self.client_capabilities.get("connection.blocked"):
+                self.send_method(0, amqp.ConnectionUnblocked())
+            if not self._yielding:
+                self._resume_reading()
+
+    def _block(self) -> None:
+        if self._blocked or self.transport is None or self.state is not S.OPEN:
+            return
+        self._blocked = True
+        self.transport.pause_reading()
+        if self.client_capabilities.get("connection.blocked"):
+            self.send_method(0, amqp.ConnectionBlocked(reason="low on memory"))
 
     # -- the handshake -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from ..amqp import BasicProperties
 from ..config import Settings
 from ..core import Broker, Properties
 from ..store import MemoryStore, Store
+from .alarms import MemoryAlarm, total_memory
 from .connection import AMQPConnection
 
 __all__ = ["Server", "run"]
@@ -48,10 +49,18 @@ class Server:
         self.connections: set[AMQPConnection] = set()
         self._servers: list[asyncio.Server] = []
         self.port: int | None = None
+        self.alarm_active = False
+        self._memory_alarm: MemoryAlarm | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings
+        ram = total_memory()
+        if settings.memory_high_watermark < 1.0 and ram:
+            self._memory_alarm = MemoryAlarm(
+                int(ram * settings.memory_high_watermark), self.set_alarm
+            )
+            self._memory_alarm.start()
         host = settings.host or None
         tcp = await loop.create_server(
             lambda: AMQPConnection(self),
@@ -73,8 +82,16 @@ class Server:
             self._servers.append(unix)
             log.info("listening for AMQP 0-9-1 on unix socket %s", settings.unix_socket)
 
+    def set_alarm(self, active: bool) -> None:
+        """A resource alarm went on or off: publishers are blocked or released."""
+        self.alarm_active = active
+        for connection in list(self.connections):
+            connection.set_alarm(active)
+
     async def stop(self) -> None:
         """Stops accepting, sends 320 CONNECTION_FORCED to every client, waits for them, closes."""
+        if self._memory_alarm is not None:
+            self._memory_alarm.stop()
         for server in self._servers:
             server.close()
         connections = list(self.connections)

@@ -68,7 +68,10 @@ class Store(Protocol):
         properties: bytes,
         body: bytes,
     ) -> int:
-        """Stores a message for durable ``queues`` (in line after their earlier ones); its id."""
+        """Stores a message for durable ``queues`` (in line after their earlier ones); its id.
+
+        Ids increase with every publish and are never reused, across restarts too.
+        """
         ...
 
     def delivered(self, vhost: str, queue: str, message_ids: Sequence[int]) -> None:
@@ -94,7 +97,11 @@ class Store(Protocol):
         ...
 
     def flush(self) -> None:
-        """Writes and syncs what is pending, then runs the callbacks it covered."""
+        """Writes and syncs what is pending, then runs the callbacks it covered.
+
+        A :class:`~postoffice.store.errors.StoreError` means none of them ran: see
+        :mod:`postoffice.store.errors` for which failures a later flush can retry.
+        """
         ...
 
     def close(self) -> None: ...

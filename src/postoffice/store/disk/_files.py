@@ -1,14 +1,17 @@
-"""Files written only at their end, through a buffer that one flush writes in one go."""
+"""Files written only at their end, through a buffer that one flush writes in one go;
+and the data directory's lock."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import zlib
 from pathlib import Path
 
+from ..errors import StoreLocked
 from ._format import FRAME, write_all
 
-__all__ = ["AppendFile"]
+__all__ = ["AppendFile", "lock_directory"]
 
 _pack_frame = FRAME.pack
 _crc32 = zlib.crc32
@@ -77,3 +80,27 @@ class AppendFile:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
+
+
+def lock_directory(directory: Path) -> int:
+    """Takes the directory's lock (an flock, released when the fd closes); the fd."""
+    path = directory / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLocked(
+            f"the data directory {directory} is in use by another postoffice ({holder}); "
+            "stop that broker first, or give this one its own data directory"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:  # who holds it, for the message above; nothing depends on it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+    return fd

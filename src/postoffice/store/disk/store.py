@@ -16,7 +16,6 @@ loop's); nothing here locks.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import zlib
@@ -25,9 +24,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..base import RecoveredMessage
-from ..errors import StoreError, StoreFailed, StoreLocked, StoreWriteError
+from ..errors import StoreError, StoreFailed, StoreWriteError
 from ..records import Definitions, QueueRecord, Record
-from ._files import AppendFile
+from ._files import AppendFile, lock_directory
 from ._format import FRAME, HEADER, fsync_directory, scan
 from ._index import QueueIndex
 from ._journal import DefinitionsJournal
@@ -80,7 +79,9 @@ class DiskStore:
         self._dirty = False  # something for flush to do
         self._woken = False  # wakeup() called since the last flush
         self._touched: dict[int, Segment] = {}  # segments with acks or data to flush
-        self._doomed: list[Segment] = []
+        # Compacted segments, with the number of flushes done when they were: each is
+        # deleted once a later flush has made its rewritten messages durable.
+        self._doomed: list[tuple[int, Segment]] = []
         self._open: OrderedDict[int, Segment] = OrderedDict()
         self._chunk: tuple[Segment | None, int, bytes] = (None, 0, b"")
         self._last_read: QueueIndex | None = None
@@ -91,7 +92,7 @@ class DiskStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._messages_dir.mkdir(exist_ok=True)
-            self._lock_fd = _lock(self.path)
+            self._lock_fd = lock_directory(self.path)
         except OSError as exc:
             raise StoreError(f"cannot open the data directory {self.path}: {exc}") from exc
         try:
@@ -121,11 +122,13 @@ class DiskStore:
         number = recovery.highest + 1
         self._active = Segment(self._messages_dir, number, 0, self._next_id)
         self._segments[number] = self._active
+        self._dirty = True
+        # Creates the active segment, whose header keeps ids increasing even if every
+        # older segment goes next; and a full disk shows now rather than at a publish.
+        self.flush()
         for segment in list(self._segments.values()):
             if segment.sealed and not segment.live:
                 self._delete_segment(segment)
-        self._dirty = True
-        self.flush()  # creates the active segment: a full disk shows now, not at a publish
         messages = sum(queue.live for queue in self._queues.values())
         log.info(
             "recovered %d durable definitions and %d queued messages in %d queues from %s",
@@ -145,9 +148,9 @@ class DiskStore:
             count = self._queues[(vhost, name)].live
             if self._journal.incomplete:
                 log.warning(
-                    "keeping %d messages of queue %r in vhost %r although it has no definition "
-                    "(the definitions journal was damaged or missing); declare the queue again to get "
-                    "them back at the next start, or delete it to drop them",
+                    "keeping %d messages of queue %r in vhost %r although it has no "
+                    "definition (the definitions journal was damaged or missing); declare "
+                    "the queue again to get them back at the next start, or delete it",
                     count,
                     name,
                     vhost,
@@ -414,7 +417,10 @@ class DiskStore:
                     directories.add(file.path.parent)
             except OSError as exc:
                 if exc.errno in _RETRYABLE:
-                    text = f"cannot write {file.path}: {exc.strerror}; nothing of this flush is durable, it will be retried"
+                    text = (
+                        f"cannot write {file.path}: {exc.strerror}; nothing of this flush is "
+                        "durable, the next flush retries it"
+                    )
                     log.error("%s", text)
                     raise StoreWriteError(text, exc.errno) from exc
                 raise self._fail(f"cannot write {file.path}: {exc}") from exc
@@ -577,9 +583,10 @@ class DiskStore:
 
     def _maintain(self, touched: list[Segment]) -> None:
         """After a flush: deletes dead segments, compacts sparse ones, rewrites the journal."""
-        doomed, self._doomed = self._doomed, []
-        for segment in doomed:
-            self._delete_segment(segment)
+        for flushes, segment in self._doomed:
+            if flushes < self._flushes and segment.number in self._segments:
+                self._delete_segment(segment)
+        self._doomed = [(f, s) for f, s in self._doomed if s.number in self._segments]
         for segment in touched:
             if (
                 segment.sealed
@@ -647,7 +654,7 @@ class DiskStore:
             return
         log.info("compacted %s: moved %d live messages out of it", segment.path, moved)
         segment.doomed = True
-        self._doomed.append(segment)
+        self._doomed.append((self._flushes, segment))
         self._wake()
 
     def _rewrite(self, data: bytes, start: int, end: int, position: int) -> int:
@@ -711,26 +718,3 @@ def _parse_publish(data: bytes, start: int, end: int) -> tuple[bytes, bytes, byt
         data[key_end:properties_end],
         data[properties_end:end],
     )
-
-
-def _lock(directory: Path) -> int:
-    path = directory / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise StoreLocked(
-            f"the data directory {directory} is in use by another postoffice ({holder}); "
-            "stop that broker first, or give this one its own data directory"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    try:  # who holds it, for the message above; nothing depends on it
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass
-    return fd
