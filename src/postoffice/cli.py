@@ -148,18 +148,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Imported here so that --version and --help work even if the server does not.
     from postoffice.server import run
+    from postoffice.store.errors import StoreError
 
     log.info("postoffice %s starting, data in %s", __version__, settings.data_dir)
     try:
-        run(settings)
+        code = run(settings)
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
     except OSError as exc:  # typically: the address is already in use
         log.critical("cannot run: %s", exc)
         return 1
+    except StoreError as exc:  # the data directory is locked, newer, or failing
+        log.critical("cannot run: %s", exc.text)
+        return 1
     log.info("postoffice stopped")
-    return 0
+    return code
 
 
 def _fail(message: str, code: int) -> int:

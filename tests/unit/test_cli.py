@@ -35,9 +35,14 @@ def hermetic(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def runs(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    """Replace server.run with a recorder that returns at once."""
+    """Replace server.run with a recorder that returns at once, as after a clean stop."""
     calls: list[Settings] = []
-    monkeypatch.setattr(postoffice.server, "run", calls.append, raising=False)
+
+    def run(settings: Settings) -> int:
+        calls.append(settings)
+        return 0
+
+    monkeypatch.setattr(postoffice.server, "run", run, raising=False)
     return calls
 
 

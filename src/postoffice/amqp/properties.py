@@ -97,6 +97,7 @@ T = TypeVar("T")
 _FLAG_OF = {name: flag for name, _type, flag in BASIC_PROPERTIES}
 _REPLY_TO_OR_USER_ID = _FLAG_OF["reply_to"] | _FLAG_OF["user_id"]
 _HEADERS_FLAG = _FLAG_OF["headers"]
+_DELIVERY_MODE_FLAG = _FLAG_OF["delivery_mode"]
 
 
 class _Property(Generic[T]):
@@ -208,6 +209,33 @@ class BasicProperties:
     def raw(self) -> bytes:
         """The property flags and list, as received or encoded."""
         return self._raw
+
+    @property
+    def persistent(self) -> bool:
+        """delivery_mode == 2, read without decoding the other properties.
+
+        Only the properties before delivery_mode are skipped over (two shortstrs and
+        a length-prefixed table); a broker asks this of every message it might store.
+        """
+        raw = self._raw
+        if self._decoded is not None or len(raw) < 2:
+            return self.delivery_mode == 2
+        flags = raw[0] << 8 | raw[1]
+        if not flags & _DELIVERY_MODE_FLAG:
+            return False
+        if flags & 1:  # a continuation word: rare, take the long way
+            return self.delivery_mode == 2
+        pos = 2
+        try:
+            if flags & _FLAG_OF["content_type"]:
+                pos += 1 + raw[pos]
+            if flags & _FLAG_OF["content_encoding"]:
+                pos += 1 + raw[pos]
+            if flags & _HEADERS_FLAG:
+                pos += 4 + int.from_bytes(raw[pos : pos + 4], "big")
+            return raw[pos] == 2
+        except IndexError:
+            return self.delivery_mode == 2  # decodes, and reports what is malformed
 
     @property
     def inspect_on_publish(self) -> bool:

@@ -10,7 +10,8 @@ from ..errors import AccessRefused, InternalError, NotAllowed
 from ..store import MemoryStore, Store
 from .clock import Clock, SystemClock
 from .connection import Connection
-from .message import Properties
+from .message import Message, Properties
+from .queue import Queue
 from .vhost import VHost
 
 __all__ = ["Broker", "PropertiesEditor"]
@@ -28,6 +29,7 @@ class Broker:
         users: dict[str, str] | None = None,
         default_vhost: str = "/",
         edit_properties: PropertiesEditor | None = None,
+        read_properties: Callable[[bytes], Properties] | None = None,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -35,6 +37,7 @@ class Broker:
         self.vhosts: dict[str, VHost] = {default_vhost: VHost(default_vhost, self.store)}
         self.connections: set[Connection] = set()
         self._edit_properties = edit_properties
+        self._read_properties = read_properties
         self._recover()
 
     def _recover(self) -> None:
@@ -45,6 +48,20 @@ class Broker:
             self._vhost_for_recovery(queue.vhost).restore_queue(queue)
         for binding in definitions.bindings:
             self._vhost_for_recovery(binding.vhost).restore_binding(binding)
+        for vhost in self.vhosts.values():
+            for recovered in vhost.queues.values():
+                self._recover_messages(recovered)
+
+    def _recover_messages(self, queue: Queue) -> None:
+        """Puts a durable queue's stored messages back in line, as they were."""
+        read = self._read_properties
+        for stored in self.store.messages(queue.vhost, queue.name):
+            if read is None:
+                raise InternalError("this broker was built without a properties reader")
+            message = Message(
+                stored.exchange, stored.routing_key, read(stored.properties), stored.body
+            )
+            queue.publish(message, stored.redelivered, stored.message_id)
 
     def _vhost_for_recovery(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)

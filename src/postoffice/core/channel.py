@@ -20,6 +20,7 @@ from ..errors import (
     NotFound,
     PreconditionFailed,
 )
+from ..store import Store
 from .exchange import Exchange
 from .message import Message, Properties, QueueEntry
 from .queue import Queue
@@ -142,6 +143,8 @@ class Channel:
         self.flow_active = True
         self.confirm_mode = False
         self._publish_seq = 0
+        self._stored_since_confirm = False
+        self._syncs_pending = 0
         self.tx_mode = False
         self._tx_publishes: list[tuple[str, Message, bool]] = []
         self._tx_settles: list[tuple[list[Unacked], bool]] = []
@@ -279,8 +282,13 @@ class Channel:
     def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
         tag = self._next_tag
         self._next_tag = tag + 1
+        queue = consumer.queue
+        if entry.store_id and queue is not None:
+            queue.delivered(entry)
+            if consumer.no_ack:
+                queue.settle((entry,))
         if not consumer.no_ack:
-            self.unacked[tag] = (entry, consumer.queue, consumer)
+            self.unacked[tag] = (entry, queue, consumer)
             consumer.unacked += 1
             self.unacked_count += 1
         self.sink.deliver(consumer.tag, tag, entry.redelivered, entry.message)
@@ -293,6 +301,10 @@ class Channel:
             return None
         tag = self._next_tag
         self._next_tag = tag + 1
+        if entry.store_id:
+            queue.delivered(entry)
+            if no_ack:
+                queue.settle((entry,))
         if not no_ack:
             self.unacked[tag] = (entry, queue, None)
         return tag, entry, queue.message_count
@@ -372,17 +384,20 @@ class Channel:
 
     def _settle(self, records: list[Unacked], requeue: bool) -> None:
         kicked: dict[Queue, None] = {}
-        returned: dict[Queue, list[QueueEntry]] = {}
+        settled: dict[Queue, list[QueueEntry]] = {}
         for entry, queue, consumer in records:
             if consumer is not None:
                 consumer.unacked -= 1
                 self.unacked_count -= 1
                 if consumer.queue is not None:
                     kicked[consumer.queue] = None
-            if requeue and queue is not None:
-                returned.setdefault(queue, []).append(entry)
-        for queue, entries in returned.items():
-            queue.requeue(entries)
+            if queue is not None and (requeue or entry.store_id):
+                settled.setdefault(queue, []).append(entry)
+        for queue, entries in settled.items():
+            if requeue:
+                queue.requeue(entries)
+            else:
+                queue.settle(entries)
         if self.global_prefetch:
             self._kick_all()
         else:
@@ -418,7 +433,38 @@ class Channel:
         self._route(message, mandatory)
         if self.confirm_mode:
             self._publish_seq += 1
-            self.sink.confirm(self._publish_seq, True)
+            self._confirm(self._publish_seq)
+
+    def _confirm(self, seq: int) -> None:
+        """Confirms a publish, after the store has it on disk if it was stored.
+
+        Confirms leave in publish order: once one waits for the store, the ones after
+        it wait too (the store runs its callbacks in order).
+        """
+        if not self._stored_since_confirm and not self._syncs_pending:
+            self.sink.confirm(seq, True)
+            return
+        self._stored_since_confirm = False
+        self._syncs_pending += 1
+
+        def synced() -> None:
+            self._syncs_pending -= 1
+            if not self.closed:
+                self.sink.confirm(seq, True)
+
+        self.vhost.store.sync(synced)
+
+    def _store(self, store: Store, queues: Iterable[Queue], message: Message) -> int:
+        """Writes a persistent message once for all the durable queues it goes to."""
+        self._stored_since_confirm = True
+        return store.publish(
+            self.vhost.name,
+            [queue.name for queue in queues if queue.store is not None],
+            message.exchange,
+            message.routing_key,
+            message.properties.raw,
+            message.body,
+        )
 
     def _inspect(self, properties: Properties) -> Properties:
         """The publish-time rules on properties: user_id, direct reply-to."""
@@ -446,8 +492,11 @@ class Channel:
         else:
             queues = vhost.route(exchange, message)
         routed = False
+        store_id = 0
         for queue in queues:
-            queue.publish(message)
+            if queue.store is not None and not store_id and message.persistent:
+                store_id = self._store(queue.store, queues, message)
+            queue.publish(message, False, store_id if queue.store is not None else 0)
             routed = True
         if not routed and message.exchange == "":
             consumer = vhost.reply_consumer(message.routing_key)

@@ -29,6 +29,11 @@ class Properties(Protocol):
     def user_id(self) -> str | None: ...
 
     @property
+    def persistent(self) -> bool:
+        """delivery_mode == 2; cheap, asked of every message bound for a durable queue."""
+        ...
+
+    @property
     def inspect_on_publish(self) -> bool:
         """True when the broker must look closer at publish time: a reply_to or user_id
         is set, or the headers may hold CC/BCC.  False is a promise; True may be wrong."""
@@ -53,18 +58,22 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        return self.properties.delivery_mode == 2
+        return self.properties.persistent
 
     def __repr__(self) -> str:
         return f"Message({self.exchange!r}, {self.routing_key!r}, {len(self.body)} bytes)"
 
 
 class QueueEntry:
-    """A message's place in one queue: its position (``seq``) and whether it was delivered before."""
+    """A message's place in one queue: its position (``seq``), whether it was delivered
+    before, and its id in the store (0 when the queue does not keep it on disk)."""
 
-    __slots__ = ("message", "redelivered", "seq")
+    __slots__ = ("message", "redelivered", "seq", "store_id")
 
-    def __init__(self, seq: int, message: Message, redelivered: bool = False) -> None:
+    def __init__(
+        self, seq: int, message: Message, redelivered: bool = False, store_id: int = 0
+    ) -> None:
         self.seq = seq
         self.message = message
         self.redelivered = redelivered
+        self.store_id = store_id

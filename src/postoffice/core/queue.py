@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..store import Store
 from .message import Message, QueueEntry
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Queue:
         "had_consumers",
         "messages",
         "name",
+        "store",
         "vhost",
     )
 
@@ -67,6 +69,9 @@ class Queue:
         self._next_seq = 0
         self.had_consumers = False
         self.deleted = False
+        # Where this queue keeps its persistent messages; None for a queue that does
+        # not outlive the broker (transient or exclusive).
+        self.store: Store | None = None
 
     @property
     def exclusive(self) -> bool:
@@ -86,10 +91,19 @@ class Queue:
 
     # -- messages in ---------------------------------------------------------------
 
-    def publish(self, message: Message, redelivered: bool = False) -> QueueEntry:
+    @property
+    def persisted(self) -> bool:
+        """Whether this queue outlives the broker: durable and not exclusive.
+
+        A durable auto-delete queue is recovered with its messages, as RabbitMQ 3.10
+        does (tried: rabbitmqctl stop_app/start_app keeps it and its message).
+        """
+        return self.durable and self.exclusive_owner is None
+
+    def publish(self, message: Message, redelivered: bool = False, store_id: int = 0) -> QueueEntry:
         seq = self._next_seq
         self._next_seq = seq + 1
-        entry = QueueEntry(seq, message, redelivered)
+        entry = QueueEntry(seq, message, redelivered, store_id)
         if not self.messages and self._consumers:
             consumer = self._ready_consumer()
             if consumer is not None:
@@ -132,8 +146,23 @@ class Queue:
 
     def purge(self) -> int:
         count = len(self.messages)
+        self.settle([entry for entry in self.messages if entry.store_id])
         self.messages.clear()
         return count
+
+    # -- the store's record of persistent messages --------------------------------
+
+    def delivered(self, entry: QueueEntry) -> None:
+        """A stored entry reached a consumer: after a crash it comes back redelivered."""
+        if self.store is not None and entry.store_id:
+            self.store.delivered(self.vhost, self.name, (entry.store_id,))
+
+    def settle(self, entries: Iterable[QueueEntry]) -> None:
+        """These entries left the queue for good (acked, dropped, purged)."""
+        if self.store is not None and not self.deleted:
+            ids = [entry.store_id for entry in entries if entry.store_id]
+            if ids:
+                self.store.settle(self.vhost, self.name, ids)
 
     def _ready_consumer(self) -> Consumer | None:
         if self._prioritized:

@@ -188,7 +188,8 @@ class VHost:
             arguments=arguments,
         )
         self.queues[name] = queue
-        if durable and not exclusive:
+        if queue.persisted:
+            queue.store = self.store
             self.store.put(_queue_record(queue))
         return queue
 
@@ -238,7 +239,7 @@ class VHost:
         for binding in list(self._incoming.get((True, queue.name), ())):
             self._remove_binding(binding)
         self._incoming.pop((True, queue.name), None)
-        if queue.durable and not queue.exclusive:
+        if queue.persisted:
             self.store.delete(_queue_record(queue))
         return count
 
@@ -316,7 +317,7 @@ class VHost:
         if not exchange.add_binding(binding, destination, arguments or {}):
             return
         self._incoming.setdefault((is_queue, destination.name), {})[binding] = None
-        if persist and exchange.durable and destination.durable and not _is_exclusive(destination):
+        if persist and exchange.durable and _outlives_broker(destination):
             self.store.put(_binding_record(self.name, binding))
 
     def _remove_binding(self, binding: Binding, allow_auto_delete: bool = True) -> None:
@@ -401,6 +402,7 @@ class VHost:
                 auto_delete=record.auto_delete,
                 arguments=record.arguments,
             )
+            queue.store = self.store
             self.queues[record.name] = queue
 
     def restore_binding(self, record: BindingRecord) -> None:
@@ -421,8 +423,10 @@ def _check_name(kind: str, name: str) -> None:
         raise AccessRefused(f"{kind} name '{name}' contains reserved prefix 'amq.*'")
 
 
-def _is_exclusive(destination: Queue | Exchange) -> bool:
-    return isinstance(destination, Queue) and destination.exclusive
+def _outlives_broker(destination: Queue | Exchange) -> bool:
+    if isinstance(destination, Queue):
+        return destination.persisted
+    return destination.durable
 
 
 def _check_queue_equivalent(

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import Settings
 from ..server import Server, new_event_loop
+from ..store import MemoryStore, Store
 
 __all__ = ["RunningBroker", "postoffice_broker", "running_broker"]
 
@@ -29,9 +30,10 @@ __all__ = ["RunningBroker", "postoffice_broker", "running_broker"]
 class RunningBroker:
     """A server running in a background thread; stop it with :meth:`stop`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self._loop = new_event_loop()
-        self.server = Server(settings)
+        # In memory unless a store is given: tests want a clean broker, not a data dir.
+        self.server = Server(settings, store=store if store is not None else MemoryStore())
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="postoffice", daemon=True
         )
@@ -66,10 +68,15 @@ class RunningBroker:
 
 
 @contextmanager
-def running_broker(settings: Settings | None = None, **overrides: Any) -> Iterator[RunningBroker]:
-    """A broker on a free loopback port for the duration of the ``with`` block."""
+def running_broker(
+    settings: Settings | None = None, *, store: Store | None = None, **overrides: Any
+) -> Iterator[RunningBroker]:
+    """A broker on a free loopback port for the duration of the ``with`` block.
+
+    Its store is in memory unless ``store`` is given (e.g. ``DiskStore(tmp_path)``).
+    """
     base = settings if settings is not None else Settings(host="127.0.0.1", port=0)
-    broker = RunningBroker(dataclasses.replace(base, **overrides))
+    broker = RunningBroker(dataclasses.replace(base, **overrides), store)
     try:
         yield broker
     finally:
