@@ -10,7 +10,7 @@ from ..errors import AccessRefused, InternalError, NotAllowed
 from ..store import MemoryStore, Store
 from .clock import Clock, SystemClock
 from .connection import Connection
-from .message import Message, Properties
+from .message import Properties
 from .queue import Queue
 from .vhost import VHost
 
@@ -34,10 +34,12 @@ class Broker:
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.users: dict[str, str] = dict(users if users is not None else {"guest": "guest"})
-        self.vhosts: dict[str, VHost] = {default_vhost: VHost(default_vhost, self.store)}
+        self._read_properties = read_properties
+        self.vhosts: dict[str, VHost] = {
+            default_vhost: VHost(default_vhost, self.store, read_properties)
+        }
         self.connections: set[Connection] = set()
         self._edit_properties = edit_properties
-        self._read_properties = read_properties
         self._recover()
 
     def _recover(self) -> None:
@@ -53,20 +55,15 @@ class Broker:
                 self._recover_messages(recovered)
 
     def _recover_messages(self, queue: Queue) -> None:
-        """Puts a durable queue's stored messages back in line, as they were."""
-        read = self._read_properties
-        for stored in self.store.messages(queue.vhost, queue.name):
-            if read is None:
-                raise InternalError("this broker was built without a properties reader")
-            message = Message(
-                stored.exchange, stored.routing_key, read(stored.properties), stored.body
-            )
-            queue.publish(message, stored.redelivered, stored.message_id)
+        """Puts a durable queue's stored messages back in line, as they were, paged out:
+        their bodies stay on disk until they are delivered."""
+        for message_id, deliveries in self.store.index(queue.vhost, queue.name):
+            queue.restore(message_id, deliveries > 0)
 
     def _vhost_for_recovery(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VHost(name, self.store)
+            vhost = self.vhosts[name] = VHost(name, self.store, self._read_properties)
         return vhost
 
     def authenticate(self, user: str, password: str) -> bool:

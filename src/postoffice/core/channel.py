@@ -280,6 +280,7 @@ class Channel:
     # -- delivery ------------------------------------------------------------------
 
     def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
+        message = entry.message or self.vhost.page_in(entry)  # before settling it
         tag = self._next_tag
         self._next_tag = tag + 1
         queue = consumer.queue
@@ -291,7 +292,7 @@ class Channel:
             self.unacked[tag] = (entry, queue, consumer)
             consumer.unacked += 1
             self.unacked_count += 1
-        self.sink.deliver(consumer.tag, tag, entry.redelivered, entry.message)
+        self.sink.deliver(consumer.tag, tag, entry.redelivered, message)
 
     def get(self, queue_name: str, no_ack: bool) -> tuple[int, QueueEntry, int] | None:
         """basic.get: (delivery tag, entry, messages left) or None when the queue is empty."""
@@ -301,6 +302,8 @@ class Channel:
             return None
         tag = self._next_tag
         self._next_tag = tag + 1
+        if entry.message is None:
+            self.vhost.page_in(entry)
         if entry.store_id:
             queue.delivered(entry)
             if no_ack:

@@ -66,12 +66,17 @@ class Message:
 
 class QueueEntry:
     """A message's place in one queue: its position (``seq``), whether it was delivered
-    before, and its id in the store (0 when the queue does not keep it on disk)."""
+    before, and its id in the store (0 when the queue does not keep it on disk).
+
+    ``message`` is None while the message is paged out: deep in a long queue, or
+    recovered at start-up, only this small entry is in memory and the message is read
+    back from the store when it is about to be delivered.
+    """
 
     __slots__ = ("message", "redelivered", "seq", "store_id")
 
     def __init__(
-        self, seq: int, message: Message, redelivered: bool = False, store_id: int = 0
+        self, seq: int, message: Message | None, redelivered: bool = False, store_id: int = 0
     ) -> None:
         self.seq = seq
         self.message = message

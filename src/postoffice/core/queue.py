@@ -21,7 +21,11 @@ from .message import Message, QueueEntry
 if TYPE_CHECKING:
     from .channel import Consumer
 
-__all__ = ["Queue"]
+__all__ = ["PAGE_OUT_DEPTH", "Queue"]
+
+# Persistent messages further back in a queue than this are kept only in the store,
+# with a small entry in memory: a backlog larger than RAM stays on disk.
+PAGE_OUT_DEPTH = 2048
 
 
 class Queue:
@@ -109,8 +113,16 @@ class Queue:
             if consumer is not None:
                 consumer.deliver(entry)
                 return entry
+        if store_id and len(self.messages) >= PAGE_OUT_DEPTH:
+            entry.message = None  # the store has it; read it back when its turn comes
         self.messages.append(entry)
         return entry
+
+    def restore(self, store_id: int, redelivered: bool) -> None:
+        """Puts a stored message back in line at start-up, paged out."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self.messages.append(QueueEntry(seq, None, redelivered, store_id))
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """Puts delivered entries back at their old place in line, marked redelivered."""

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
+from ..errors import AccessRefused, InternalError, NotFound, PreconditionFailed, ResourceLocked
 from ..store import BindingRecord, ExchangeRecord, QueueRecord, Store
 from .arguments import check_queue_arguments
 from .exchange import (
@@ -19,7 +19,7 @@ from .exchange import (
     check_arguments_equivalent,
     freeze_arguments,
 )
-from .message import Message
+from .message import Message, Properties, QueueEntry
 from .queue import Queue
 
 if TYPE_CHECKING:
@@ -67,9 +67,12 @@ QueueCancelled = Callable[["Consumer"], None]
 
 
 class VHost:
-    def __init__(self, name: str, store: Store) -> None:
+    def __init__(
+        self, name: str, store: Store, read_properties: Callable[[bytes], Properties] | None = None
+    ) -> None:
         self.name = name
         self.store = store
+        self._read_properties = read_properties
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         # Bindings by destination, so deleting a queue or exchange finds its bindings.
@@ -364,6 +367,19 @@ class VHost:
             if alternate is not None and alternate not in visited:
                 visited.add(alternate)
                 self._route_into(alternate, message, found, visited)
+
+    # -- paging -------------------------------------------------------------------
+
+    def page_in(self, entry: QueueEntry) -> Message:
+        """The entry's message, read back from the store if it was paged out."""
+        message = entry.message
+        if message is None:
+            if self._read_properties is None:
+                raise InternalError("this broker was built without a properties reader")
+            exchange, routing_key, properties, body = self.store.read(entry.store_id)
+            message = Message(exchange, routing_key, self._read_properties(properties), body)
+            entry.message = message
+        return message
 
     # -- direct reply-to -----------------------------------------------------------
 

@@ -451,6 +451,7 @@ class ServerChannel:
             return
         delivery_tag, entry, message_count = got
         message = entry.message
+        assert message is not None  # Channel.get pages the message in
         self._send_content(
             amqp.BasicGetOk(
                 delivery_tag=delivery_tag,

@@ -86,8 +86,14 @@ class Store(Protocol):
         """The queue's unsettled messages in their order, as found at start-up."""
         ...
 
-    def read(self, message_id: int) -> tuple[bytes, bytes]:
-        """(properties, body) of a stored, unsettled message; for paging bodies back in."""
+    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int]]:
+        """(message id, deliveries so far) of the queue's unsettled messages, in order,
+        without reading their bodies: a restart keeps a large backlog on disk."""
+        ...
+
+    def read(self, message_id: int) -> tuple[str, str, bytes, bytes]:
+        """(exchange, routing key, properties, body) of a stored, unsettled message;
+        for paging a message back in to deliver it."""
         ...
 
     # -- durability -----------------------------------------------------------------

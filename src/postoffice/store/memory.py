@@ -85,11 +85,15 @@ class MemoryStore:
                 message_id, exchange, routing_key, properties, body, count > 0, count
             )
 
-    def read(self, message_id: int) -> tuple[bytes, bytes]:
+    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int]]:
+        for message_id, *_, count in list(self._queues.get((vhost, queue), {}).values()):
+            yield message_id, count
+
+    def read(self, message_id: int) -> tuple[str, str, bytes, bytes]:
         for stored in self._queues.values():
             entry = stored.get(message_id)
             if entry is not None:
-                return entry[3], entry[4]
+                return entry[1], entry[2], entry[3], entry[4]
         raise KeyError(message_id)
 
     def sync(self, callback: Callable[[], None]) -> None:

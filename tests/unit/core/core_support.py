@@ -21,6 +21,10 @@ class FakeProperties:
     raw: bytes = b""
 
     @property
+    def persistent(self) -> bool:
+        return self.delivery_mode == 2
+
+    @property
     def inspect_on_publish(self) -> bool:
         headers = self.headers or {}
         return bool(self.reply_to or self.user_id or "CC" in headers or "BCC" in headers)

@@ -271,7 +271,7 @@ def test_a_record_damaged_while_running_is_an_error_not_a_wrong_body(tmp_path: P
     ids = fill(store, 3)
     segment = segments(tmp_path)[0]
     flip(segment, record_offsets(segment)[1] + 40)
-    assert store.read(ids[0])[1].startswith(b"00000")
+    assert store.read(ids[0])[3].startswith(b"00000")
     with pytest.raises(StoreError, match="corrupt"):
         store.read(ids[1])
     store.close()

@@ -340,12 +340,25 @@ class DiskStore:
                 count,
             )
 
-    def read(self, message_id: int) -> tuple[bytes, bytes]:
+    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int]]:
+        """The queue's (message id, delivery count) in order, no record read."""
+        index = self._queues.get((vhost, queue))
+        if index is None:
+            return
+        counts = index.counts
+        segments = self._segments
+        for message_id, position in zip(
+            index.ids[index.head :], index.pos[index.head :], strict=True
+        ):
+            if position and (position >> 32) in segments:
+                yield message_id, counts.get(message_id, 0)
+
+    def read(self, message_id: int) -> tuple[str, str, bytes, bytes]:
         position = self._find(message_id)
         if not position:
             raise KeyError(message_id)
-        _, _, properties, body = _parse_publish(*self._record(position))
-        return properties, body
+        exchange, routing_key, properties, body = _parse_publish(*self._record(position))
+        return exchange.decode(), routing_key.decode(), properties, body
 
     # -- durability -----------------------------------------------------------------
 
