@@ -43,6 +43,7 @@ _METAVARS = {
     "handshake_timeout": "SECONDS",
     "max_message_size": "BYTES",
     "memory_high_watermark": "FRACTION",
+    "disk_free_limit": "BYTES",
     "default_user": "USER",
     "default_vhost": "VHOST",
     "loopback_users": "USERS",

@@ -110,6 +110,13 @@ class Settings:
             "as RabbitMQ's vm_memory_high_watermark; 1 disables"
         ),
     )
+    disk_free_limit: int = field(
+        default=50_000_000,
+        metadata=_help(
+            "free bytes under the data dir below which publishers are blocked, "
+            "as RabbitMQ's disk_free_limit; 0 disables"
+        ),
+    )
     default_user: str = field(default="guest", metadata=_help("name of the built-in user"))
     default_pass: str = field(
         default="guest", repr=False, metadata=_help("password of the built-in user")
@@ -329,6 +336,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "handshake_timeout": _positive,
     "max_message_size": _between(1, _MAX_MESSAGE_SIZE_LIMIT),
     "memory_high_watermark": _between(0.01, 1.0),
+    "disk_free_limit": _between(0, 2**63 - 1),
     "default_user": _not_empty,
     "default_vhost": _not_empty,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pika
 
+from postoffice.server.alarms import ResourceAlarm
 from postoffice.testing import RunningBroker, running_broker
 
 
@@ -51,15 +52,22 @@ def test_publisher_is_blocked_and_released_while_consumers_go_on() -> None:
 
 
 def test_memory_alarm_turns_on_above_the_limit_and_off_below() -> None:
-    from postoffice.server.alarms import MemoryAlarm
-
     readings = iter([100, 300, 250, 150, 90])
     changes: list[bool] = []
-    alarm = MemoryAlarm(200, changes.append, measure=lambda: next(readings))
+    alarm = ResourceAlarm("memory", 200, changes.append, lambda: next(readings))
     for _ in range(5):
         alarm.check()
     assert changes == [True, False]
     assert not alarm.active
+
+
+def test_disk_alarm_turns_on_below_the_free_limit_and_off_above() -> None:
+    readings = iter([500, 40, 10, 60, 70])
+    changes: list[bool] = []
+    alarm = ResourceAlarm("disk", 50, changes.append, lambda: next(readings), low=True)
+    for _ in range(5):
+        alarm.check()
+    assert changes == [True, False]
 
 
 def test_a_connection_that_never_publishes_is_not_blocked() -> None:

@@ -1,9 +1,9 @@
-"""Resource alarms: when memory runs high, publishers are blocked until it falls.
+"""Resource alarms: when memory runs high or disk space low, publishers are blocked.
 
-As RabbitMQ's memory alarm: a connection that publishes while the alarm is on gets
-``connection.blocked`` (if it announced the capability) and is not read from until
-the alarm clears, then ``connection.unblocked``.  Consumers keep going, so the
-queues can drain.  The check runs on a timer, not per message.
+As RabbitMQ's memory and disk alarms: a connection that publishes while an alarm is
+on gets ``connection.blocked`` (if it announced the capability) and is not read from
+until every alarm has cleared, then ``connection.unblocked``.  Consumers keep going,
+so the queues can drain.  The checks run on a timer, not per message.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Callable
 
-__all__ = ["MemoryAlarm", "resident_memory", "total_memory"]
+__all__ = ["ResourceAlarm", "disk_free", "resident_memory", "total_memory"]
 
 log = logging.getLogger("postoffice.alarms")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MIB = 1024 * 1024
 
 
 def resident_memory() -> int | None:
@@ -37,19 +39,35 @@ def total_memory() -> int | None:
         return None
 
 
-class MemoryAlarm:
-    """Raises the alarm above ``limit`` bytes of resident memory, clears it below."""
+def disk_free(path: str) -> Callable[[], int | None]:
+    """A measure of the free bytes on the filesystem holding ``path``."""
+
+    def measure() -> int | None:
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            return None
+
+    return measure
+
+
+class ResourceAlarm:
+    """On while ``measure()`` is past ``limit`` (above it, or below it for ``low=True``)."""
 
     def __init__(
         self,
+        resource: str,
         limit: int,
         on_change: Callable[[bool], None],
+        measure: Callable[[], int | None],
         *,
+        low: bool = False,
         interval: float = 1.0,
-        measure: Callable[[], int | None] = resident_memory,
     ) -> None:
+        self.resource = resource
         self.limit = limit
         self.active = False
+        self._low = low
         self._on_change = on_change
         self._interval = interval
         self._measure = measure
@@ -57,8 +75,9 @@ class MemoryAlarm:
 
     def start(self) -> None:
         if self._measure() is None:
-            log.warning("cannot read this process's memory use: the memory alarm is off")
+            log.warning("cannot measure %s: its alarm is off", self.resource)
             return
+        self.check()
         self._schedule()
 
     def stop(self) -> None:
@@ -74,20 +93,22 @@ class MemoryAlarm:
         self._schedule()
 
     def check(self) -> None:
-        used = self._measure()
-        if used is None:
+        value = self._measure()
+        if value is None:
             return
-        above = used > self.limit
-        if above != self.active:
-            self.active = above
-            mib = used // (1024 * 1024)
-            if above:
-                log.warning(
-                    "memory alarm: %d MiB in use, above the %d MiB watermark; "
-                    "publishers are blocked",
-                    mib,
-                    self.limit // (1024 * 1024),
-                )
-            else:
-                log.warning("memory alarm cleared: %d MiB in use; publishers resume", mib)
-            self._on_change(above)
+        past = value < self.limit if self._low else value > self.limit
+        if past == self.active:
+            return
+        self.active = past
+        side = "free" if self._low else "in use"
+        if past:
+            log.warning(
+                "%s alarm: %d MiB %s, past the limit of %d MiB; publishers are blocked",
+                self.resource,
+                value // _MIB,
+                side,
+                self.limit // _MIB,
+            )
+        else:
+            log.warning("%s alarm cleared: %d MiB %s", self.resource, value // _MIB, side)
+        self._on_change(past)

@@ -253,7 +253,7 @@ class AMQPConnection(asyncio.Protocol):
         self._blocked = True
         self.transport.pause_reading()
         if self.client_capabilities.get("connection.blocked"):
-            self.send_method(0, amqp.ConnectionBlocked(reason="low on memory"))
+            self.send_method(0, amqp.ConnectionBlocked(reason=self.server.alarm_reason))
 
     # -- the handshake -------------------------------------------------------------
 

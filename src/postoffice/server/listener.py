@@ -18,7 +18,7 @@ from ..core import Broker, Properties
 from ..store import Store
 from ..store.disk import DiskStore
 from ..store.errors import StoreFailed, StoreWriteError
-from .alarms import MemoryAlarm, total_memory
+from .alarms import ResourceAlarm, disk_free, resident_memory, total_memory
 from .connection import AMQPConnection
 
 __all__ = ["Server", "run"]
@@ -59,7 +59,8 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self.port: int | None = None
         self.alarm_active = False
-        self._memory_alarm: MemoryAlarm | None = None
+        self._alarms: list[ResourceAlarm] = []
+        self.alarm_reason = ""
         self._stop: asyncio.Event | None = None
         self.exit_code = 0
 
@@ -68,10 +69,22 @@ class Server:
         settings = self.settings
         ram = total_memory()
         if settings.memory_high_watermark < 1.0 and ram:
-            self._memory_alarm = MemoryAlarm(
-                int(ram * settings.memory_high_watermark), self.set_alarm
+            limit = int(ram * settings.memory_high_watermark)
+            self._alarms.append(
+                ResourceAlarm("memory", limit, self._alarm_changed, resident_memory)
             )
-            self._memory_alarm.start()
+        if settings.disk_free_limit and isinstance(self.store, DiskStore):
+            self._alarms.append(
+                ResourceAlarm(
+                    "disk",
+                    settings.disk_free_limit,
+                    self._alarm_changed,
+                    disk_free(settings.data_dir),
+                    low=True,
+                )
+            )
+        for alarm in self._alarms:
+            alarm.start()
         host = settings.host or None
         tcp = await loop.create_server(
             lambda: AMQPConnection(self),
@@ -116,16 +129,23 @@ class Server:
                 self.exit_code = 1
                 self._stop.set()
 
+    def _alarm_changed(self, _active: bool) -> None:
+        self.set_alarm(any(alarm.active for alarm in self._alarms))
+
     def set_alarm(self, active: bool) -> None:
-        """A resource alarm went on or off: publishers are blocked or released."""
+        """Resource alarms went on or off: publishers are blocked or released."""
+        if active == self.alarm_active:
+            return
         self.alarm_active = active
+        reasons = [alarm.resource for alarm in self._alarms if alarm.active]
+        self.alarm_reason = "low on " + " and ".join(reasons or ["memory"])
         for connection in list(self.connections):
             connection.set_alarm(active)
 
     async def stop(self) -> None:
         """Stops accepting, sends 320 CONNECTION_FORCED to every client, waits for them, closes."""
-        if self._memory_alarm is not None:
-            self._memory_alarm.stop()
+        for alarm in self._alarms:
+            alarm.stop()
         for server in self._servers:
             server.close()
         connections = list(self.connections)
