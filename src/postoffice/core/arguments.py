@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PreconditionFailed
 
-__all__ = ["QUEUE_TYPES", "check_queue_arguments"]
+__all__ = ["QUEUE_TYPES", "check_queue_arguments", "wire_type"]
 
 QUEUE_TYPES = ("classic", "quorum", "stream")
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
@@ -24,12 +24,16 @@ QUEUE_MODES = ("default", "lazy")
 _Check = Callable[[Any, Mapping[str, Any]], str | None]
 
 
-def _wire_type(value: Any) -> str:
-    """The AMQP field type name RabbitMQ would report for a decoded value."""
+def wire_type(value: Any) -> str:
+    """The AMQP field type name RabbitMQ would report for a decoded value.
+
+    Decoded integers no longer say their width; the names are those of the types
+    pika sends (signedint up to 32 bits, long beyond).
+    """
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "long"
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
     if isinstance(value, str | bytes):
         return "longstr"
     if isinstance(value, float):
@@ -54,7 +58,7 @@ def _text(value: Any) -> str | None:
 def _integer(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return None
-    return f'"expected integer, got {_wire_type(value)}"'
+    return f'"expected integer, got {wire_type(value)}"'
 
 
 def _non_negative(value: Any, _: Mapping[str, Any]) -> str | None:
@@ -79,7 +83,7 @@ def _max_priority(value: Any, _: Mapping[str, Any]) -> str | None:
 
 
 def _string(value: Any, _: Mapping[str, Any]) -> str | None:
-    return None if _text(value) is not None else f"{{unacceptable_type,{_wire_type(value)}}}"
+    return None if _text(value) is not None else f"{{unacceptable_type,{wire_type(value)}}}"
 
 
 def _dead_letter_routing_key(value: Any, arguments: Mapping[str, Any]) -> str | None:
@@ -93,14 +97,14 @@ def _one_of(choices: tuple[str, ...], reason: Callable[[str], str]) -> _Check:
     def check(value: Any, arguments: Mapping[str, Any]) -> str | None:
         text = _text(value)
         if text is None:
-            return f"{{unacceptable_type,{_wire_type(value)}}}"
+            return f"{{unacceptable_type,{wire_type(value)}}}"
         return None if text in choices else reason(text)
 
     return check
 
 
 def _boolean(value: Any, _: Mapping[str, Any]) -> str | None:
-    return None if isinstance(value, bool) else f"{{unacceptable_type,{_wire_type(value)}}}"
+    return None if isinstance(value, bool) else f"{{unacceptable_type,{wire_type(value)}}}"
 
 
 _CHECKS: dict[str, _Check] = {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PreconditionFailed
+from .arguments import wire_type
 from .routing import DirectRouter, FanoutRouter, HeadersRouter, Router, TopicRouter
 
 __all__ = ["EXCHANGE_TYPES", "Binding", "Exchange"]
@@ -145,9 +146,9 @@ def check_arguments_equivalent(
         have, want = current.get(key), received.get(key)
         if freeze_arguments({"v": have}) != freeze_arguments({"v": want}):
             if have is None:
-                shown = f"received the value '{_show(want)}' of type '{_type_name(want)}' but current is none"
+                shown = f"received the value '{_show(want)}' of type '{wire_type(want)}' but current is none"
             elif want is None:
-                shown = f"received none but current is the value '{_show(have)}' of type '{_type_name(have)}'"
+                shown = f"received none but current is the value '{_show(have)}' of type '{wire_type(have)}'"
             else:
                 shown = f"received '{_show(want)}' but current is '{_show(have)}'"
             raise PreconditionFailed(f"inequivalent arg '{key}' for {what}: {shown}")
@@ -161,20 +162,3 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return _as_text(value)
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        # The wire type is not kept once decoded; these are the types pika sends.
-        return "signedint" if -(2**31) <= value < 2**31 else "long"
-    if isinstance(value, str | bytes):
-        return "longstr"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
