@@ -80,6 +80,11 @@ def check_header(path: Path, data: bytes, magic: bytes) -> int:
         )
     if version == 0:
         raise HeaderProblem("format version 0", torn=False)
+    if extra >= 1 << 62:
+        # Not a floor any store wrote (ids are int64): a damaged header.  Dropping
+        # the floor only loses a guarantee about ids of deleted segments; the ids in
+        # this file's records still count.
+        return 0
     return int(extra)
 
 
