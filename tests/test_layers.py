@@ -30,7 +30,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "http": _INWARD | {"__init__"},
     "client": _INWARD | {"__init__"},
     "testing": _INWARD | {"http", "client", "__init__"},
-    "cli": _INWARD | {"http", "client", "__init__"},
+    "bench": frozenset({"errors", "amqp", "__init__"}),
+    "cli": _INWARD | {"http", "client", "bench", "__init__"},
     "__main__": frozenset({"cli"}),
     "__init__": _INWARD | {"http", "client"},
 }

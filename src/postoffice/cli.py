@@ -75,9 +75,15 @@ default_pass has no flag, so that it does not show up in ps(1): set
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["bench"]:
+        # Imported here: serving never needs the load generator, which parses its own flags.
+        from postoffice.bench import main as bench
+
+        return bench(arguments[1:])
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # --help, --version and usage errors
         return _exit_code(exc.code)
     if args.command == "serve":
@@ -117,6 +123,12 @@ def _build_parser() -> argparse.ArgumentParser:
                 f"(env {env_var(spec.name)}; default: {_show_default(spec.default)})"
             ),
         )
+    # Parsed by postoffice.bench itself (see main); listed here for --help.
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="measure a broker, this one or RabbitMQ (postoffice bench --help)",
+    )
     return parser
 
 
