@@ -69,7 +69,6 @@ _FRAME_HEADER = struct.Struct(">BHI")
 _HEADER_FRAME_START = struct.Struct(">BHIHHQ")  # frame header, class-id, weight, body-size
 _CONTENT_HEADER = struct.Struct(">HHQ")
 _INDEX = struct.Struct(">I")
-_BODY_SIZE = struct.Struct(">Q")
 _PUBLISH_ID = b"\x00\x3c\x00\x28"
 _TAG_BIT = struct.Struct(">QB")
 _DELIVER_TAIL = struct.Struct(">QB")
@@ -141,21 +140,22 @@ class FrameReader:
         """A publish event and the position after its body, if all of it is here."""
         header = end + 1
         end_of_data = len(buffer)
-        if end_of_data - header < 8:
+        if end_of_data - header < 19:
             return None
-        frame_type, header_channel, size = _FRAME_HEADER.unpack_from(buffer, header)
+        frame_type, header_channel, size, class_id, _weight, body_size = (
+            _HEADER_FRAME_START.unpack_from(buffer, header)
+        )
         header_end = header + 7 + size
         if (
             frame_type != FRAME_HEADER
             or header_channel != channel
+            or class_id != 60
             or size < 14
             or size > self.frame_max - 8
             or header_end >= end_of_data
             or buffer[header_end] != _FRAME_END
-            or buffer[header + 7 : header + 9] != b"\x00\x3c"
         ):
             return None
-        body_size = _BODY_SIZE.unpack_from(buffer, header + 11)[0]
         body = header_end + 1
         if body_size == 0:
             content = b""

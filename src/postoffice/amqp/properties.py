@@ -138,7 +138,7 @@ class BasicProperties:
     first attribute read; call :meth:`as_dict` to validate eagerly.
     """
 
-    __slots__ = ("_decoded", "_raw")
+    __slots__ = ("_decoded", "_inspect", "_raw")
 
     content_type: _Property[str] = _Property()
     content_encoding: _Property[str] = _Property()
@@ -158,6 +158,7 @@ class BasicProperties:
     def __init__(self, raw: Buffer = _EMPTY) -> None:
         self._raw = raw if isinstance(raw, bytes) else bytes(raw)
         self._decoded: dict[str, Any] | None = None
+        self._inspect: bool | None = None
 
     @classmethod
     def from_fields(
@@ -241,16 +242,21 @@ class BasicProperties:
     def inspect_on_publish(self) -> bool:
         """True if reply_to or user_id is set, or the headers may hold CC or BCC.
 
-        Read from the flag bits and a byte search, without decoding: a broker asks it
-        of every published message.
+        Read from the flag bits and a byte search, without decoding, and remembered:
+        a broker asks it of every published message, often of the same properties.
         """
-        raw = self._raw
-        if len(raw) < 2:
-            return False
-        flags = raw[0] << 8 | raw[1]
-        if flags & _REPLY_TO_OR_USER_ID:
-            return True
-        return bool(flags & _HEADERS_FLAG) and (b"\x02CC" in raw or b"\x03BCC" in raw)
+        inspect = self._inspect
+        if inspect is None:
+            raw = self._raw
+            if len(raw) < 2:
+                inspect = False
+            else:
+                flags = raw[0] << 8 | raw[1]
+                inspect = bool(flags & _REPLY_TO_OR_USER_ID) or (
+                    bool(flags & _HEADERS_FLAG) and (b"\x02CC" in raw or b"\x03BCC" in raw)
+                )
+            self._inspect = inspect
+        return inspect
 
     def as_dict(self) -> dict[str, Any]:
         """The present properties as ``{python_name: value}`` (a copy)."""

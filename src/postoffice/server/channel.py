@@ -67,6 +67,8 @@ class ServerChannel:
         self._state = ChannelState.OPEN
         self._accepts = _ACCEPTS[ChannelState.OPEN]
         self.core: Channel = connection.core.open_channel(number, self)
+        self._last_raw = b""
+        self._last_properties = amqp.BasicProperties(b"\x00\x00")
         # basic.deliver framing by (consumer tag, exchange, routing key).
         self._deliveries: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
         # The publish being assembled: exchange, routing key, mandatory, immediate.
@@ -223,8 +225,15 @@ class ServerChannel:
             raise PreconditionFailed(
                 f"message size {len(body)} is larger than configured max size {limit}", 60, 40
             )
+        # Publishers mostly repeat the same properties: reuse the last object (they are
+        # immutable to the broker), which also keeps what it has worked out about them.
+        if properties == self._last_raw:
+            decoded = self._last_properties
+        else:
+            decoded = self._last_properties = amqp.BasicProperties(properties)
+            self._last_raw = properties
         try:
-            self.core.publish(*publish, amqp.BasicProperties(properties), body)
+            self.core.publish(publish[0], publish[1], publish[2], publish[3], decoded, body)
         except AMQPError as exc:
             exc.class_id, exc.method_id = 60, 40
             raise
