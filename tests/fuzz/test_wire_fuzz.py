@@ -26,7 +26,7 @@ from postoffice.amqp.frames import encode_frame
 from postoffice.testing import running_broker
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "integration"))
-from rawamqp import RawClient  # noqa: E402  (the bare-socket client of the integration tests)
+from rawamqp import RawClient  # the bare-socket client of the integration tests
 
 _HEADERS = {"a": [1, {"b": 2.5}], "s": "text"}
 VALID = [
