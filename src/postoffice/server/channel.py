@@ -61,6 +61,24 @@ _FRAMING_CACHE_LIMIT = 4096
 class ServerChannel:
     """One open channel of an AMQP connection; the core channel's delivery sink."""
 
+    __slots__ = (
+        "_accepts",
+        "_body_size",
+        "_chunks",
+        "_confirm_sent",
+        "_confirmed_upto",
+        "_deliveries",
+        "_last_properties",
+        "_last_raw",
+        "_properties",
+        "_publish",
+        "_received",
+        "_state",
+        "connection",
+        "core",
+        "number",
+    )
+
     def __init__(self, connection: AMQPConnection, number: int) -> None:
         self.connection = connection
         self.number = number
@@ -80,30 +98,6 @@ class ServerChannel:
         # Publisher confirms waiting for the next flush: acks up to this seq.
         self._confirmed_upto = 0
         self._confirm_sent = 0
-        self._handlers: dict[type[amqp.Method], Callable[[Any], None]] = {
-            amqp.ChannelFlow: self._channel_flow,
-            amqp.ChannelFlowOk: _ignore,
-            amqp.AccessRequest: self._access_request,
-            amqp.ExchangeDeclare: self._exchange_declare,
-            amqp.ExchangeDelete: self._exchange_delete,
-            amqp.ExchangeBind: self._exchange_bind,
-            amqp.ExchangeUnbind: self._exchange_unbind,
-            amqp.QueueDeclare: self._queue_declare,
-            amqp.QueueBind: self._queue_bind,
-            amqp.QueueUnbind: self._queue_unbind,
-            amqp.QueuePurge: self._queue_purge,
-            amqp.QueueDelete: self._queue_delete,
-            amqp.BasicQos: self._basic_qos,
-            amqp.BasicConsume: self._basic_consume,
-            amqp.BasicCancel: self._basic_cancel,
-            amqp.BasicGet: self._basic_get,
-            amqp.BasicRecover: self._basic_recover,
-            amqp.BasicRecoverAsync: self._basic_recover_async,
-            amqp.ConfirmSelect: self._confirm_select,
-            amqp.TxSelect: self._tx_select,
-            amqp.TxCommit: self._tx_commit,
-            amqp.TxRollback: self._tx_rollback,
-        }
 
     @property
     def state(self) -> ChannelState:
@@ -146,11 +140,11 @@ class ServerChannel:
             core.reject(*frames.decode_reject(payload))
         else:
             method = amqp.decode_method(payload)
-            handler = self._handlers.get(type(method))
+            handler = _HANDLERS.get(type(method))
             if handler is None:
                 self._special(method)
             else:
-                handler(method)
+                handler(self, method)
 
     def _special(self, method: amqp.Method) -> None:
         if isinstance(method, amqp.ChannelClose):
@@ -506,8 +500,35 @@ class ServerChannel:
         self.connection.core.close_channel(self.number)
 
 
-def _ignore(method: amqp.Method) -> None:
+def _ignore(channel: ServerChannel, method: amqp.Method) -> None:
     pass
+
+
+# The method handlers of an open channel, by method class: one table for all channels.
+_HANDLERS: dict[type[amqp.Method], Callable[[ServerChannel, Any], None]] = {
+    amqp.ChannelFlow: ServerChannel._channel_flow,
+    amqp.ChannelFlowOk: _ignore,
+    amqp.AccessRequest: ServerChannel._access_request,
+    amqp.ExchangeDeclare: ServerChannel._exchange_declare,
+    amqp.ExchangeDelete: ServerChannel._exchange_delete,
+    amqp.ExchangeBind: ServerChannel._exchange_bind,
+    amqp.ExchangeUnbind: ServerChannel._exchange_unbind,
+    amqp.QueueDeclare: ServerChannel._queue_declare,
+    amqp.QueueBind: ServerChannel._queue_bind,
+    amqp.QueueUnbind: ServerChannel._queue_unbind,
+    amqp.QueuePurge: ServerChannel._queue_purge,
+    amqp.QueueDelete: ServerChannel._queue_delete,
+    amqp.BasicQos: ServerChannel._basic_qos,
+    amqp.BasicConsume: ServerChannel._basic_consume,
+    amqp.BasicCancel: ServerChannel._basic_cancel,
+    amqp.BasicGet: ServerChannel._basic_get,
+    amqp.BasicRecover: ServerChannel._basic_recover,
+    amqp.BasicRecoverAsync: ServerChannel._basic_recover_async,
+    amqp.ConfirmSelect: ServerChannel._confirm_select,
+    amqp.TxSelect: ServerChannel._tx_select,
+    amqp.TxCommit: ServerChannel._tx_commit,
+    amqp.TxRollback: ServerChannel._tx_rollback,
+}
 
 
 def _unexpected(state: ChannelState, frame_type: int) -> UnexpectedFrame:

@@ -93,6 +93,40 @@ _HANDSHAKE_STATES = frozenset({S.AWAIT_HEADER, S.AWAIT_START_OK, S.AWAIT_TUNE_OK
 
 
 class AMQPConnection(asyncio.Protocol):
+    # Slots: a broker holds thousands of these (idle connections cost memory).
+    __slots__ = (
+        "_blocked",
+        "_flush_scheduled",
+        "_header",
+        "_last_received",
+        "_sent_since_tick",
+        "_timers",
+        "_unreadable",
+        "_yielding",
+        "after_method",
+        "alarm",
+        "broker",
+        "channel_max",
+        "channels",
+        "client_capabilities",
+        "client_properties",
+        "closed",
+        "confirms_pending",
+        "core",
+        "frame_max",
+        "heartbeat",
+        "loop",
+        "out",
+        "peer",
+        "publishes",
+        "reader",
+        "server",
+        "settings",
+        "state",
+        "transport",
+        "user",
+    )
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.settings: Settings = server.settings
