@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .base import RecoveredMessage
-from .records import BindingRecord, Definitions, ExchangeRecord, QueueRecord, Record
+from .records import Definitions, QueueRecord, Record
 
 __all__ = ["MemoryStore"]
 
@@ -30,15 +30,7 @@ class MemoryStore:
         self.wakeup: Callable[[], None] = _nothing
 
     def recover(self) -> Definitions:
-        definitions = Definitions()
-        for record in self._records.values():
-            if isinstance(record, ExchangeRecord):
-                definitions.exchanges.append(record)
-            elif isinstance(record, QueueRecord):
-                definitions.queues.append(record)
-            elif isinstance(record, BindingRecord):
-                definitions.bindings.append(record)
-        return definitions
+        return Definitions.of(self._records.values())
 
     def put(self, record: Record) -> None:
         self._records[record.key] = record

@@ -6,6 +6,7 @@ records and back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,3 +71,16 @@ class Definitions:
     exchanges: list[ExchangeRecord] = field(default_factory=list)
     queues: list[QueueRecord] = field(default_factory=list)
     bindings: list[BindingRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> Definitions:
+        """Records sorted by kind, each kind in the order given."""
+        definitions = cls()
+        for record in records:
+            if isinstance(record, ExchangeRecord):
+                definitions.exchanges.append(record)
+            elif isinstance(record, QueueRecord):
+                definitions.queues.append(record)
+            else:
+                definitions.bindings.append(record)
+        return definitions

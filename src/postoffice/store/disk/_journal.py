@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..records import BindingRecord, Definitions, ExchangeRecord, QueueRecord, Record
+from ..records import Definitions, Record
 from ._files import AppendFile
 from ._format import (
     DEFINITIONS_MAGIC,
@@ -130,15 +130,7 @@ class DefinitionsJournal:
         self._live_bytes -= self._sizes.pop(key, 0)
 
     def definitions(self) -> Definitions:
-        definitions = Definitions()
-        for record in self.records.values():
-            if isinstance(record, ExchangeRecord):
-                definitions.exchanges.append(record)
-            elif isinstance(record, QueueRecord):
-                definitions.queues.append(record)
-            elif isinstance(record, BindingRecord):
-                definitions.bindings.append(record)
-        return definitions
+        return Definitions.of(self.records.values())
 
     # -- upkeep ---------------------------------------------------------------------
 
