@@ -4,7 +4,6 @@ it saw as events; the test turns them into the model once the broker is dead."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import threading
@@ -12,8 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import pika
-from crashlib import CLIENT_GONE, BrokerProcess, inspect_message, make_message
+from crashlib import CLIENT_GONE, BrokerProcess, close_quietly, inspect_message, make_message
 from pika.exceptions import NackError, UnroutableError
 
 FANOUT = "crash.fanout"
@@ -298,9 +296,3 @@ def churner(work: Workload) -> None:
         events.append(("client error", f"churn: {exc!r}"))
     finally:
         close_quietly(connection)
-
-
-def close_quietly(connection: pika.BlockingConnection) -> None:
-    with contextlib.suppress(*CLIENT_GONE):
-        if connection.is_open:
-            connection.close()

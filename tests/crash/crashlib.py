@@ -24,12 +24,13 @@ __all__ = [
     "CLIENT_GONE",
     "BrokerDied",
     "BrokerProcess",
+    "Brokers",
     "Model",
+    "close_quietly",
     "connect",
     "inspect_message",
     "make_message",
     "place_in_line",
-    "start_broker",
 ]
 
 # What a pika client raises when the broker under it dies or is gone.
@@ -50,6 +51,7 @@ class BrokerProcess:
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = free_port()
+        self.connections: list[pika.BlockingConnection] = []  # closed by Brokers.close
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.process = subprocess.Popen(
             [
@@ -132,28 +134,65 @@ class BrokerProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def connect(self) -> pika.BlockingConnection:
-        return connect(self.port)
+        connection = connect(self.port)
+        self.connections.append(connection)
+        return connection
 
 
-def start_broker(data_dir: Path, log_path: Path) -> BrokerProcess:
-    """A broker that accepts connections.  The free port it was given may be taken by
-    someone else before it binds it: that is retried, any other failure is BrokerDied."""
-    for _ in range(3):
+class Brokers:
+    """Every broker process a test started: :meth:`close` kills those still running, so
+    that a failing test leaves no broker behind."""
+
+    def __init__(self) -> None:
+        self.started: list[BrokerProcess] = []
+
+    def spawn(self, data_dir: Path, log_path: Path) -> BrokerProcess:
         broker = BrokerProcess(data_dir, log_path)
-        try:
-            broker.wait_ready()
-        except BrokerDied:
-            if "address already in use" not in broker.log_text().lower():
-                raise
-            continue
+        self.started.append(broker)
         return broker
-    raise BrokerDied(f"no free port after 3 tries; log {log_path}")
+
+    def start(self, data_dir: Path, log_path: Path) -> BrokerProcess:
+        """A broker that accepts connections.  The free port it was given may be taken by
+        someone else before it binds it: that is retried, any other failure is BrokerDied."""
+        for _ in range(3):
+            broker = self.spawn(data_dir, log_path)
+            try:
+                broker.wait_ready()
+            except BrokerDied:
+                if "address already in use" not in broker.log_text().lower():
+                    raise
+                continue
+            return broker
+        raise BrokerDied(f"no free port after 3 tries; log {log_path}")
+
+    def close(self) -> None:
+        for broker in self.started:
+            for connection in broker.connections:
+                close_quietly(connection)
+            if broker.process.returncode is None:
+                broker.kill()
+        self.started.clear()
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def close_quietly(connection: pika.BlockingConnection) -> None:
+    """Closes a connection in whatever state the broker's death left it.
+
+    pika 1.4 releases a connection's ioloop (and the socket pair that wakes it) only when
+    it sees the connection close; one whose broker died while it was opening can end up
+    closed without that, and its sockets then leak (a ResourceWarning, which pytest's
+    ``-W error`` makes a failure of whichever test is running when they are collected).
+    """
+    with contextlib.suppress(*CLIENT_GONE):
+        if connection.is_open:
+            connection.close()
+    with contextlib.suppress(Exception):
+        connection._cleanup()  # idempotent: closes the ioloop if pika did not
 
 
 def connect(port: int) -> pika.BlockingConnection:

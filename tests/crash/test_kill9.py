@@ -69,6 +69,7 @@ import signal
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,6 @@ from crashclients import (
     Plan,
     Workload,
     churner,
-    close_quietly,
     plan_round,
     publisher,
     round_names,
@@ -95,13 +95,14 @@ from crashlib import (
     CLIENT_GONE,
     BrokerDied,
     BrokerProcess,
+    Brokers,
     Model,
+    close_quietly,
     error_lines,
     inspect_message,
     log_problems,
     make_message,
     place_in_line,
-    start_broker,
 )
 from pika.exceptions import (
     ChannelClosedByBroker,
@@ -124,7 +125,8 @@ JOIN_TIMEOUT = 30.0
 class CrashRun:
     """Lives of one broker on one data directory, and the model of what it owes."""
 
-    def __init__(self, root: Path, seed: int) -> None:
+    def __init__(self, root: Path, seed: int, brokers: Brokers) -> None:
+        self.brokers = brokers
         self.root = root
         self.data_dir = root / "data"
         self.logs = root / "logs"
@@ -141,7 +143,7 @@ class CrashRun:
 
     def start(self, name: str) -> BrokerProcess:
         try:
-            return start_broker(self.data_dir, self.logs / f"{name}.log")
+            return self.brokers.start(self.data_dir, self.logs / f"{name}.log")
         except BrokerDied as exc:
             self.model.violation("DID NOT START", str(exc))
             raise
@@ -314,7 +316,7 @@ class CrashRun:
                 self._expect_in_log.append(damaged)
         elif plan.aftermath == "recovery-kill":
             for attempt in range(rng.randint(1, 2)):
-                broker = BrokerProcess(
+                broker = self.brokers.spawn(
                     self.data_dir, self.logs / f"life{self.model.life:03d}-start{attempt}.log"
                 )
                 delay = rng.uniform(0.05, 0.8)
@@ -576,12 +578,19 @@ def tear(data_dir: Path, rng: random.Random) -> tuple[str, str]:
 # -- the tests ----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def brokers() -> Iterator[Brokers]:
+    started = Brokers()
+    yield started
+    started.close()
+
+
 @pytest.mark.timeout(120 + 60 * ROUNDS)
 def test_kill9_rounds_lose_no_confirmed_message(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, brokers: Brokers
 ) -> None:
     caplog.set_level(logging.CRITICAL, logger="pika")  # the 404s of passive declares
-    run = CrashRun(tmp_path, SEED)
+    run = CrashRun(tmp_path, SEED, brokers)
     try:
         run.go(ROUNDS)
     except (BrokerDied, AssertionError) as exc:
@@ -591,12 +600,14 @@ def test_kill9_rounds_lose_no_confirmed_message(
     assert not run.model.violations, run.report()
 
 
-def test_sigterm_is_a_clean_shutdown_that_keeps_everything(tmp_path: Path) -> None:
+def test_sigterm_is_a_clean_shutdown_that_keeps_everything(
+    tmp_path: Path, brokers: Brokers
+) -> None:
     """SIGTERM: clients get 320 CONNECTION_FORCED, the broker exits 0, and the next start
     has every confirmed message unacked before it, in line, redelivered exactly when it was
     delivered; transient messages and queues are gone."""
     data = tmp_path / "data"
-    broker = start_broker(data, tmp_path / "life0.log")
+    broker = brokers.start(data, tmp_path / "life0.log")
     publishing, consuming, idle = broker.connect(), broker.connect(), broker.connect()
     channel = publishing.channel()
     channel.queue_declare("clean.q", durable=True)
@@ -625,7 +636,7 @@ def test_sigterm_is_a_clean_shutdown_that_keeps_everything(tmp_path: Path) -> No
     assert log_problems(broker.log_text()) == []
     assert error_lines(broker.log_text()) == []
 
-    broker = start_broker(data, tmp_path / "life1.log")
+    broker = brokers.start(data, tmp_path / "life1.log")
     connection = broker.connect()
     try:
         channel = connection.channel()
@@ -682,11 +693,13 @@ def closed_by_broker(connection: pika.BlockingConnection) -> tuple[int, str]:
     raise AssertionError("the broker did not close the connection within 30 s")
 
 
-def test_second_broker_on_the_same_data_dir_refuses_to_start(tmp_path: Path) -> None:
+def test_second_broker_on_the_same_data_dir_refuses_to_start(
+    tmp_path: Path, brokers: Brokers
+) -> None:
     data = tmp_path / "data"
-    first = start_broker(data, tmp_path / "first.log")
+    first = brokers.start(data, tmp_path / "first.log")
+    connection = first.connect()
     try:
-        connection = first.connect()
         channel = connection.channel()
         channel.queue_declare("lock.q", durable=True)
         channel.confirm_delivery()
@@ -694,7 +707,7 @@ def test_second_broker_on_the_same_data_dir_refuses_to_start(tmp_path: Path) -> 
         channel.basic_publish("", "lock.q", body, properties, mandatory=True)
         before = snapshot(data)
 
-        second = BrokerProcess(data, tmp_path / "second.log")
+        second = brokers.spawn(data, tmp_path / "second.log")
         code = second.wait(60)
         said = second.log_text()
         assert code != 0, said
@@ -706,10 +719,9 @@ def test_second_broker_on_the_same_data_dir_refuses_to_start(tmp_path: Path) -> 
         method, properties, body = channel.basic_get("lock.q", auto_ack=True)
         assert method is not None, "the first broker lost its message"
         assert inspect_message(properties, body) == ("lock-1", [])
-        close_quietly(connection)
     finally:
-        code = first.terminate()
-    assert code == 0
+        close_quietly(connection)
+    assert first.terminate() == 0
     assert log_problems(first.log_text()) == []
 
 
