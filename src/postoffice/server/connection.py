@@ -561,6 +561,12 @@ class AMQPConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self.server.store_flush_pending:
+            # What the store holds must be durable before what we write: a delivery may
+            # leave only once its "delivered" record is fsynced, or after a crash the
+            # message would come back without redelivered=true.  Same group commit,
+            # just done before this connection's output rather than after it.
+            self.server.flush_store()
         if self.confirms_pending:
             for channel in self.confirms_pending:
                 channel.flush_confirms()

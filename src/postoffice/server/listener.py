@@ -47,7 +47,7 @@ class Server:
             store = DiskStore(self.settings.data_dir)
         self.store = store
         store.wakeup = self._store_has_work
-        self._store_flush_scheduled = False
+        self.store_flush_pending = False
         self.broker = Broker(
             store=store,
             users={self.settings.default_user: self.settings.default_pass},
@@ -111,12 +111,17 @@ class Server:
     def _store_has_work(self) -> None:
         """The store holds unflushed work: flush it at the end of this loop turn, so
         every publish and declare of the turn shares one write and one fsync."""
-        if not self._store_flush_scheduled:
-            self._store_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_store)
+        if not self.store_flush_pending:
+            self.store_flush_pending = True
+            asyncio.get_running_loop().call_soon(self._scheduled_store_flush)
 
-    def _flush_store(self) -> None:
-        self._store_flush_scheduled = False
+    def _scheduled_store_flush(self) -> None:
+        if self.store_flush_pending:  # a connection may have flushed it already
+            self.flush_store()
+
+    def flush_store(self) -> None:
+        """Writes and fsyncs what the store holds, then runs its callbacks (confirms...)."""
+        self.store_flush_pending = False
         try:
             self.store.flush()
         except StoreWriteError as exc:
