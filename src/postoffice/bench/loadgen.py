@@ -366,20 +366,40 @@ class _Publisher:
 
 def consumer_main(spec: ConsumerSpec, controls: Controls) -> None:
     """The body of a consumer process: subscribe, then count until told to stop."""
-    report = ConsumerReport(spec.index)
-    connection = Connection(spec.address, f"bench-consumer-{spec.index}")
-    stream = DeliveryStream(spec.publishers, collect=spec.timed)
-    try:
-        connection.open()
+
+    def subscribe(connection: Connection) -> None:
         for channel, queue in enumerate(spec.queues, start=1):
             connection.channel_open(channel)
             if not spec.autoack and spec.prefetch:
                 connection.qos(channel, spec.prefetch)
             connection.consume(channel, queue, f"bench-{spec.index}-{channel}", spec.autoack)
+
+    def count(connection: Connection, stream: DeliveryStream, report: ConsumerReport) -> None:
+        _Consumer(spec, controls, connection, stream, report).run()
+
+    _consumer_process(spec, controls, "consumer", spec.timed, subscribe, count)
+
+
+def _consumer_process(
+    spec: ConsumerSpec,
+    controls: Controls,
+    role: str,
+    collect: bool,
+    subscribe: Callable[[Connection], None],
+    work: Callable[[Connection, DeliveryStream, ConsumerReport], None],
+) -> None:
+    """What every consuming process does around its own loop: connect, subscribe,
+    say it is ready, wait for the start, run, and report (also on failure)."""
+    report = ConsumerReport(spec.index)
+    connection = Connection(spec.address, f"bench-{role}-{spec.index}")
+    stream = DeliveryStream(spec.publishers, collect=collect)
+    try:
+        connection.open()
+        subscribe(connection)
         controls.reports.put(("ready", "consumer", spec.index, None))
         controls.go.wait()
         cpu = own_cpu_seconds()
-        _Consumer(spec, controls, connection, stream, report).run()
+        work(connection, stream, report)
         report.cpu_seconds = own_cpu_seconds() - cpu
         connection.close(timeout=5.0)
         _fill_consumer_report(report, stream, spec)
@@ -594,27 +614,16 @@ def _call_loop(
 
 def responder_main(spec: ConsumerSpec, controls: Controls) -> None:
     """The answering end of request-reply: echoes each request to its reply_to."""
-    report = ConsumerReport(spec.index)
-    connection = Connection(spec.address, f"bench-responder-{spec.index}")
-    stream = DeliveryStream(spec.publishers, collect=True)
-    try:
-        connection.open()
+
+    def subscribe(connection: Connection) -> None:
         connection.channel_open(1)
         connection.qos(1, spec.prefetch)
         connection.consume(1, spec.queues[0], f"bench-responder-{spec.index}", False)
-        controls.reports.put(("ready", "consumer", spec.index, None))
-        controls.go.wait()
-        cpu = own_cpu_seconds()
+
+    def answer(connection: Connection, stream: DeliveryStream, report: ConsumerReport) -> None:
         _answer_loop(spec, controls, connection, stream, report)
-        report.cpu_seconds = own_cpu_seconds() - cpu
-        connection.close()
-        _fill_consumer_report(report, stream, spec)
-        controls.reports.put(("done", "consumer", spec.index, report))
-    except BaseException as exc:
-        report.error = describe(exc)
-        connection.close(timeout=1.0)
-        _fill_consumer_report(report, stream, spec)
-        controls.reports.put(("error", "consumer", spec.index, report))
+
+    _consumer_process(spec, controls, "responder", True, subscribe, answer)
 
 
 def _answer_loop(
