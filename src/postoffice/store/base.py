@@ -38,6 +38,7 @@ class RecoveredMessage:
     body: bytes
     redelivered: bool  # it may have reached a consumer before the restart
     delivery_count: int  # deliveries recorded so far (for x-delivery-limit)
+    time_ms: int = 0  # as given to Store.publish: epoch milliseconds, 0 for none
 
 
 class Store(Protocol):
@@ -67,10 +68,15 @@ class Store(Protocol):
         routing_key: str,
         properties: bytes,
         body: bytes,
+        time_ms: int = 0,
     ) -> int:
         """Stores a message for durable ``queues`` (in line after their earlier ones); its id.
 
         Ids increase with every publish and are never reused, across restarts too.
+        ``time_ms`` is a wall-clock time in epoch milliseconds the broker needs with the
+        message (when it was published, for a TTL; when a delayed message is due), kept
+        with it for :meth:`index` and :meth:`messages` to give back; 0 is none.  The
+        store only keeps it: nothing happens to the message when the time comes.
         """
         ...
 
@@ -86,9 +92,9 @@ class Store(Protocol):
         """The queue's unsettled messages in their order, as found at start-up."""
         ...
 
-    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int]]:
-        """(message id, deliveries so far) of the queue's unsettled messages, in order,
-        without reading their bodies: a restart keeps a large backlog on disk."""
+    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int, int]]:
+        """(message id, deliveries so far, time_ms) of the queue's unsettled messages, in
+        order, without reading their bodies: a restart keeps a large backlog on disk."""
         ...
 
     def read(self, message_id: int) -> tuple[str, str, bytes, bytes]:

@@ -24,7 +24,8 @@ def _nothing() -> None:
 class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[Any, Record] = {}
-        # (vhost, queue) -> message id -> [id, exchange, rk, properties, body, deliveries]
+        # (vhost, queue) -> message id ->
+        #     [id, exchange, rk, properties, body, deliveries, time_ms]
         self._queues: dict[tuple[str, str], dict[int, list[Any]]] = {}
         self._next_id = 1
         self.wakeup: Callable[[], None] = _nothing
@@ -48,12 +49,13 @@ class MemoryStore:
         routing_key: str,
         properties: bytes,
         body: bytes,
+        time_ms: int = 0,
     ) -> int:
         message_id = self._next_id
         self._next_id += 1
         for queue in queues:
             stored = self._queues.setdefault((vhost, queue), {})
-            stored[message_id] = [message_id, exchange, routing_key, properties, body, 0]
+            stored[message_id] = [message_id, exchange, routing_key, properties, body, 0, time_ms]
         return message_id
 
     def delivered(self, vhost: str, queue: str, message_ids: Sequence[int]) -> None:
@@ -70,16 +72,16 @@ class MemoryStore:
                 stored.pop(message_id, None)
 
     def messages(self, vhost: str, queue: str) -> Iterator[RecoveredMessage]:
-        for message_id, exchange, routing_key, properties, body, count in list(
+        for message_id, exchange, routing_key, properties, body, count, time_ms in list(
             self._queues.get((vhost, queue), {}).values()
         ):
             yield RecoveredMessage(
-                message_id, exchange, routing_key, properties, body, count > 0, count
+                message_id, exchange, routing_key, properties, body, count > 0, count, time_ms
             )
 
-    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int]]:
-        for message_id, *_, count in list(self._queues.get((vhost, queue), {}).values()):
-            yield message_id, count
+    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int, int]]:
+        for message_id, *_, count, time_ms in list(self._queues.get((vhost, queue), {}).values()):
+            yield message_id, count, time_ms
 
     def read(self, message_id: int) -> tuple[str, str, bytes, bytes]:
         for stored in self._queues.values():

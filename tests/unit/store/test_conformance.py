@@ -324,6 +324,96 @@ def test_index_lists_ids_and_delivery_counts_in_order_without_bodies(engine: Eng
     store.settle("/", "q", [first])
     store.flush()
     store = engine.reopen()
-    assert list(store.index("/", "q")) == [(second, 1), (third, 0)]
+    assert list(store.index("/", "q")) == [(second, 1, 0), (third, 0, 0)]
     assert store.read(second) == ("", "rk.2", b"p2", b"two")
     assert list(store.index("/", "missing")) == []
+
+
+# -- time_ms ---------------------------------------------------------------------------
+
+SOON = 1_700_000_000_000  # a time_ms in epoch milliseconds, as the broker passes them
+
+
+def timed(store: Store, queue: str, vhost: str = "/") -> list[tuple[int, int]]:
+    """(message id, time_ms) of the queue's messages, by index(), checked against messages()."""
+    listed = [(m, e) for m, _, e in store.index(vhost, queue)]
+    assert [(m.message_id, m.time_ms) for m in store.messages(vhost, queue)] == listed
+    return listed
+
+
+def test_expires_is_0_unless_given(engine: Engine) -> None:
+    store = engine.store
+    declare(store, "q", "r")
+    one = store.publish("/", ["q"], "", "q", b"", b"one")
+    two = store.publish("/", ["q", "r"], "", "q", b"", b"two")
+    assert timed(store, "q") == [(one, 0), (two, 0)]
+    store = engine.reopen()
+    assert timed(store, "q") == [(one, 0), (two, 0)]
+    assert timed(store, "r") == [(two, 0)]
+
+
+def test_expires_comes_back_with_its_message(engine: Engine) -> None:
+    store = engine.store
+    declare(store, "q")
+    big = bytes(range(256)) * 40  # past the disk store's small-body path
+    times = [SOON, 0, SOON + 1, SOON + 1, 0, 2**62, 0, SOON]
+    contents = [(b"p%d" % i, b"%d" % i + big * (i % 2)) for i in range(len(times))]
+    ids = [
+        store.publish("/", ["q"], "ex", "rk", properties, body, time_ms)
+        for (properties, body), time_ms in zip(contents, times, strict=True)
+    ]
+    assert timed(store, "q") == list(zip(ids, times, strict=True))
+    store.delivered("/", "q", ids[:2])
+    store.settle("/", "q", [ids[2], ids[4]])
+    kept = [0, 1, 3, 5, 6, 7]
+    store = engine.reopen()
+    assert timed(store, "q") == [(ids[i], times[i]) for i in kept]
+    assert [m.delivery_count for m in store.messages("/", "q")] == [1, 1, 0, 0, 0, 0]
+    for i in kept:
+        assert store.read(ids[i]) == ("ex", "rk", *contents[i])
+    later = store.publish("/", ["q"], "", "q", b"", b"later", SOON + 5)
+    store = engine.reopen()
+    assert timed(store, "q") == [*((ids[i], times[i]) for i in kept), (later, SOON + 5)]
+
+
+def test_a_message_for_several_queues_keeps_one_expires_for_all(engine: Engine) -> None:
+    store = engine.store
+    declare(store, "a", "b", "c")
+    shared = store.publish("/", ["a", "b", "c"], "fan", "", b"p", b"shared", SOON)
+    plain = store.publish("/", ["a", "b"], "fan", "", b"p", b"plain")
+    store.settle("/", "a", [shared])
+    store.delivered("/", "b", [shared])
+    store = engine.reopen()
+    assert timed(store, "a") == [(plain, 0)]
+    assert timed(store, "b") == [(shared, SOON), (plain, 0)]
+    assert timed(store, "c") == [(shared, SOON)]
+    assert [m.delivery_count for m in store.messages("/", "b")] == [1, 0]
+    store.settle("/", "b", [shared])
+    store = engine.reopen()
+    assert timed(store, "c") == [(shared, SOON)]
+    assert store.read(shared) == ("fan", "", b"p", b"shared")
+
+
+def test_expires_survives_compaction(engine: Engine) -> None:
+    """Old messages pinning many mostly-settled segments get rewritten by the disk store
+    (its segments are 64 KiB here): the copies keep their time_ms."""
+    store = engine.store
+    declare(store, "slow", "other", "fast")
+    slow: list[tuple[int, int]] = []
+    for round_ in range(400):
+        if round_ % 10 == 0:
+            time_ms = SOON + round_ if round_ % 20 else 0
+            queues = ["slow", "other"] if round_ % 30 == 0 else ["slow"]
+            slow.append((store.publish("/", queues, "", "", b"p", bytes(100), time_ms), time_ms))
+        fast = [store.publish("/", ["fast"], "", "", b"p", bytes(1000)) for _ in range(5)]
+        store.settle("/", "fast", fast)
+        store.flush()
+    store.delivered("/", "other", [slow[0][0]])
+    store.flush()
+    if isinstance(store, DiskStore):  # the segment of the first messages was compacted away
+        assert not (store.path / "messages" / "0000000001.seg").exists()
+    assert timed(store, "slow") == slow
+    store = engine.reopen()
+    assert timed(store, "slow") == slow
+    assert timed(store, "other") == [slow[i] for i in range(0, len(slow), 3)]
+    assert [m.delivery_count for m in store.messages("/", "other")][:2] == [1, 0]

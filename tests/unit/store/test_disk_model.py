@@ -23,7 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from postoffice.store import DiskStore, QueueRecord
 
 QUEUES = ("a", "b", "c")
-# queue -> message id -> [body, delivery count]; dicts keep publish (= id) order.
+SOON = 1_700_000_000_000  # a time_ms, in epoch milliseconds
+# queue -> message id -> [body, delivery count, time_ms]; dicts keep publish (= id) order.
 State = dict[str, dict[int, list[object]]]
 
 
@@ -54,13 +55,14 @@ class DiskStoreMachine(RuleBasedStateMachine):
     @rule(
         queues=st.lists(st.sampled_from(QUEUES), min_size=1, max_size=3, unique=True),
         size=st.sampled_from([0, 10, 200, 900, 3000]),
+        time_ms=st.sampled_from([0, 0, SOON, 2**63 - 1, -1]),
     )
-    def publish(self, queues: list[str], size: int) -> None:
+    def publish(self, queues: list[str], size: int, time_ms: int) -> None:
         self.published += 1
         body = (b"%d:" % self.published + b"." * size)[:size]
-        message_id = self.store.publish("/", queues, "ex", "rk", b"props", body)
+        message_id = self.store.publish("/", queues, "ex", "rk", b"props", body, time_ms)
         for name in queues:
-            self.current[name][message_id] = [body, 0]
+            self.current[name][message_id] = [body, 0, time_ms]
 
     @rule(name=st.sampled_from(QUEUES), data=st.data())
     def delivered(self, name: str, data: st.DataObject) -> None:
@@ -135,15 +137,19 @@ class DiskStoreMachine(RuleBasedStateMachine):
     def store_agrees_with_the_model(self) -> None:
         for name in QUEUES:
             found = [
-                (m.message_id, m.body, m.delivery_count, m.redelivered)
+                (m.message_id, m.body, m.delivery_count, m.redelivered, m.time_ms)
                 for m in self.store.messages("/", name)
             ]
             expected = [
-                (message_id, body, count, count != 0)
-                for message_id, (body, count) in self.current[name].items()
+                (message_id, body, count, count != 0, time_ms)
+                for message_id, (body, count, time_ms) in self.current[name].items()
             ]
             assert found == expected, name
-            for message_id, (body, _) in self.current[name].items():
+            assert list(self.store.index("/", name)) == [
+                (message_id, count, time_ms)
+                for message_id, (_, count, time_ms) in self.current[name].items()
+            ], name
+            for message_id, (body, _, _) in self.current[name].items():
                 assert self.store.read(message_id)[2:] == (b"props", body)
 
     @invariant()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,10 @@ from postoffice.store import (
     StoreFormatError,
     StoreLocked,
 )
+from postoffice.store.disk import _format
 from postoffice.store.disk._format import DEFINITIONS_MAGIC, FORMAT_VERSION, SEGMENT_MAGIC
+
+SOON = 1_700_000_000_000  # a time_ms, in epoch milliseconds
 
 
 def make(path: Path, segment_size: int = 1 << 20) -> DiskStore:
@@ -110,6 +114,48 @@ def test_a_newer_format_is_refused_and_left_alone(tmp_path: Path, which: str) ->
     path.write_bytes(bytes(data[: len(data) - 25]))
     store = make(tmp_path)  # refusing released the lock
     assert numbers(store) == [0, 1, 2]
+    store.close()
+
+
+def version(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[8:12], "little")
+
+
+def test_a_format_1_directory_is_read_and_refused_by_format_1_readers_once_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 2 added timed publish records: files of format 1 are read as they are, and
+    a postoffice reading only format 1 refuses a directory this one has opened."""
+    with monkeypatch.context() as old:
+        old.setattr(_format, "FORMAT_VERSION", 1)
+        store = make(tmp_path, segment_size=1024)
+        ids = fill(store, 20, size=100)
+        store.delivered("/", "q", ids[:1])
+        store.settle("/", "q", ids[1:5])
+        store.close()
+    old_files = [tmp_path / "definitions.log", *segments(tmp_path)]
+    assert len(old_files) > 3
+    assert {version(path) for path in old_files} == {1}
+    store = make(tmp_path, segment_size=1024)
+    assert [(m.message_id, m.delivery_count, m.time_ms) for m in store.messages("/", "q")] == [
+        (ids[0], 1, 0),
+        *((i, 0, 0) for i in ids[5:]),
+    ]
+    assert list(store.index("/", "q"))[:2] == [(ids[0], 1, 0), (ids[5], 0, 0)]
+    later = store.publish("/", ["q"], "", "q", b"p", b"later", SOON)
+    store.settle("/", "q", ids[5:10])
+    store.close()
+    assert version(store._active.path) == 2
+    assert all(version(path) == 1 for path in old_files[1:] if path.exists())
+    with monkeypatch.context() as old, pytest.raises(StoreFormatError, match="format 2"):
+        old.setattr(_format, "FORMAT_VERSION", 1)
+        make(tmp_path, segment_size=1024)
+    store = make(tmp_path, segment_size=1024)
+    assert [(m, e) for m, _, e in store.index("/", "q")] == [
+        (ids[0], 0),
+        *((i, 0) for i in ids[10:]),
+        (later, SOON),
+    ]
     store.close()
 
 
@@ -403,6 +449,66 @@ def test_copies_of_a_compacted_message_in_two_segments_make_one_message(tmp_path
     store.close()
 
 
+def test_compaction_keeps_expires_in_every_copy(tmp_path: Path) -> None:
+    """A timed message rewritten by compaction stays a timed record; if a crash leaves
+    both copies, either one gives the same time_ms."""
+    store = make(tmp_path, segment_size=1024)
+    store.put(QueueRecord("/", "a"))
+    store.put(QueueRecord("/", "b"))
+    ids = [
+        store.publish("/", ["a", "b"] if i % 3 == 0 else ["a"], "", "", b"p", bytes(100), e)
+        for i, e in enumerate([SOON + i if i % 2 else 0 for i in range(30)])
+    ]
+    store.delivered("/", "b", ids[:1])
+    store.settle("/", "a", [i for n, i in enumerate(ids) if n % 4])
+    store.flush()
+    victims = [s for s in store._segments.values() if s.sealed and s.live]
+    copies = {s.path: s.path.read_bytes() for s in victims}
+    for segment in victims:
+        store._compact(segment)
+    store.flush()
+    assert not any(path.exists() for path in copies)
+    expected = {
+        "a": [(i, 0, SOON + n if n % 2 else 0) for n, i in enumerate(ids) if n % 4 == 0],
+        "b": [(i, int(n == 0), SOON + n if n % 2 else 0) for n, i in enumerate(ids) if n % 3 == 0],
+    }
+    for name, listed in expected.items():
+        assert list(store.index("/", name)) == listed
+    store.close()
+    for path, data in copies.items():  # as if the deletions never reached the disk
+        path.write_bytes(data)
+    store = make(tmp_path, segment_size=1024)
+    for name, listed in expected.items():
+        assert list(store.index("/", name)) == listed
+        assert [
+            (m.message_id, m.delivery_count, m.time_ms) for m in store.messages("/", name)
+        ] == listed
+    store.close()
+
+
+def test_a_timed_record_without_a_time_is_damage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make(tmp_path)
+    store.put(QueueRecord("/", "q"))
+    first = store.publish("/", ["q"], "", "", b"", b"first", SOON)
+    store.publish("/", ["q"], "", "", b"", b"second", SOON)
+    store.close()
+    path = segments(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    second = record_offsets(path)[1]
+    assert data[second + 8] == 5  # a timed publish
+    start, end = second + 8, second + 8 + int.from_bytes(data[second : second + 4], "little")
+    data[start + 17 : start + 25] = bytes(8)  # its time_ms, after the publish head
+    data[second + 4 : second + 8] = zlib.crc32(data[start:end]).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="postoffice.store"):
+        store = make(tmp_path)
+    assert "timed publish record without a time" in caplog.text
+    assert [(m.message_id, m.time_ms) for m in store.messages("/", "q")] == [(first, SOON)]
+    store.close()
+
+
 def test_the_definitions_journal_is_rewritten_when_mostly_stale(tmp_path: Path) -> None:
     store = make(tmp_path)
     store.put(QueueRecord("/", "kept", arguments={"x": 1}))
@@ -424,18 +530,20 @@ def test_the_definitions_journal_is_rewritten_when_mostly_stale(tmp_path: Path) 
 
 
 @pytest.fixture(scope="module")
-def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[bytes]]:
-    """A data directory with a few segments of everything, and every body ever stored."""
+def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[bytes, int]]:
+    """A data directory with a few segments of everything, and every body ever stored
+    with its time_ms."""
     path = tmp_path_factory.mktemp("populated")
     store = make(path, segment_size=1024)
     for name in ("a", "b"):
         store.put(QueueRecord("/", name, arguments={"n": name}))
-    published = set()
+    published = {}
     for i in range(60):
         queues = [["a"], ["b"], ["a", "b"]][i % 3]
         body = b"%03d" % i + b"." * (i * 7 % 300)
-        message_id = store.publish("/", queues, "x", "k", b"p", body)
-        published.add(body)
+        time_ms = SOON + i if i % 4 < 2 else 0
+        message_id = store.publish("/", queues, "x", "k", b"p", body, time_ms)
+        published[body] = time_ms
         if i % 4 == 0:
             store.delivered("/", queues[0], [message_id])
         if i % 5 == 0:
@@ -459,7 +567,7 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[bytes
     )
 )
 def test_random_damage_never_crashes_the_store(
-    populated: tuple[Path, set[bytes]], damage: list[tuple[int, str, float]]
+    populated: tuple[Path, dict[bytes, int]], damage: list[tuple[int, str, float]]
 ) -> None:
     template, published = populated
     path = Path(tempfile.mkdtemp(prefix="store-damage-"))
@@ -490,7 +598,7 @@ def test_random_damage_never_crashes_the_store(
             return
         for name in ("a", "b"):
             found = list(store.messages("/", name))
-            assert {m.body for m in found} <= published
+            assert all(published.get(m.body) == m.time_ms for m in found)
             assert [m.message_id for m in found] == sorted(m.message_id for m in found)
         store.put(QueueRecord("/", "a"))
         store.publish("/", ["a"], "", "", b"", b"after the damage")

@@ -42,7 +42,7 @@ __all__ = [
 
 log = logging.getLogger("postoffice.store")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: timed publish records (._segment)
 DEFINITIONS_MAGIC = b"\x89POdefs\n"
 SEGMENT_MAGIC = b"\x89POsegm\n"
 

@@ -1,10 +1,15 @@
-"""Where a queue's messages are: two parallel arrays of ids and positions.
+"""Where a queue's messages are: parallel arrays of ids, positions and expiry times.
 
 A position is ``segment number << 32 | offset of the record in the segment``; 0 marks
 a settled slot.  Ids are appended in increasing order (the store hands them out that
 way), so a lookup is a check of the head (acks mostly arrive in order) and otherwise a
 binary search.  That is 16 bytes per queued message instead of ~100 for a dict entry
 with its int objects, which is what lets a backlog of millions stay small in RAM.
+
+A third array, ``exp``, holds the messages' ``time_ms`` (0 for none).  It exists only
+once the queue has held a message with one, and it may be shorter than the others: the
+missing tail is all 0.  So a queue that never sees one pays nothing, a publish without
+one never touches it, and a queue whose messages all have one (a TTL) pays 8 bytes each.
 
 Settled slots at the head are skipped and trimmed in bulk; holes elsewhere (acks out
 of order) are squeezed out once they outnumber the live entries.  While replaying the
@@ -35,7 +40,9 @@ def encode_tag(vhost: str, name: str) -> bytes:
 class QueueIndex:
     __slots__ = (
         "counts",
+        "exp",
         "extra",
+        "extra_exp",
         "head",
         "ids",
         "live",
@@ -56,7 +63,9 @@ class QueueIndex:
         self.head = 0
         self.live = 0
         self.counts: dict[int, int] = {}  # message id -> deliveries, only when > 0
+        self.exp: array[int] | None = None  # see the module docstring
         self.extra: dict[int, int] | None = None  # start-up only, see the module docstring
+        self.extra_exp: dict[int, int] = {}  # time_ms of messages in extra, when not 0
 
     def __repr__(self) -> str:
         return f"<QueueIndex {self.vhost!r}/{self.name!r} live={self.live}>"
@@ -80,10 +89,24 @@ class QueueIndex:
             return self.extra.get(message_id, 0)
         return 0
 
-    def append(self, message_id: int, position: int) -> None:
+    def append(self, message_id: int, position: int, time_ms: int = 0) -> None:
         self.ids.append(message_id)
         self.pos.append(position)
         self.live += 1
+        if time_ms:
+            self._set_expires(len(self.ids) - 1, time_ms)
+
+    def _set_expires(self, i: int, time_ms: int) -> None:
+        exp = self.exp
+        if exp is None:
+            if not time_ms:
+                return
+            exp = self.exp = array("q")
+        if i < len(exp):
+            exp[i] = time_ms
+        elif time_ms:
+            exp.frombytes(bytes(8 * (i - len(exp))))  # the 0s of the missing tail
+            exp.append(time_ms)
 
     def move(self, message_id: int, position: int) -> None:
         """The message's record was rewritten at ``position`` (compaction)."""
@@ -120,10 +143,13 @@ class QueueIndex:
             if head == size:
                 del ids[:]
                 del pos[:]
+                self.exp = None
                 head = 0
             elif head >= _TRIM and 2 * head > size:
                 del ids[:head]
                 del pos[:head]
+                if self.exp is not None:
+                    del self.exp[:head]
                 head = 0
             self.head = head
         elif len(pos) - head - self.live > max(_TRIM, self.live):  # settled slots past the head
@@ -134,25 +160,31 @@ class QueueIndex:
         if self.extra and message_id in self.extra:
             self.live -= 1
             self.counts.pop(message_id, None)
+            self.extra_exp.pop(message_id, None)
             return self.extra.pop(message_id)
         return 0
 
     def _squeeze(self) -> None:
-        ids = array("q")
-        pos = array("q")
-        for message_id, position in self.entries():
-            ids.append(message_id)
-            pos.append(position)
-        self.ids, self.pos, self.head = ids, pos, 0
+        self._rebuild(list(self.entries()))
 
-    def entries(self) -> Iterator[tuple[int, int]]:
-        """(message id, position) of every message held, in id order (not ``extra``)."""
-        ids = self.ids
-        pos = self.pos
-        for i in range(self.head, len(pos)):
-            position = pos[i]
+    def _rebuild(self, entries: list[tuple[int, int, int]]) -> None:
+        """Arrays of exactly ``entries``: (message id, position, time_ms) in id order."""
+        self.ids = array("q", [m for m, _, _ in entries])
+        self.pos = array("q", [p for _, p, _ in entries])
+        self.exp = array("q", [e for _, _, e in entries]) if any(e for _, _, e in entries) else None
+        self.head = 0
+
+    def entries(self) -> Iterator[tuple[int, int, int]]:
+        """(message id, position, time_ms) of every message held, in id order (not
+        ``extra``), as of the first step of the iteration."""
+        head = self.head
+        ids = self.ids[head:]
+        pos = self.pos[head:]
+        exp = self.exp[head:] if self.exp is not None else array("q")
+        timed = len(exp)
+        for i, position in enumerate(pos):
             if position:
-                yield ids[i], position
+                yield ids[i], position, exp[i] if i < timed else 0
 
     def positions(self) -> Iterator[int]:
         yield from (p for p in self.pos[self.head :] if p)
@@ -169,26 +201,35 @@ class QueueIndex:
 
     # -- start-up -------------------------------------------------------------------
 
-    def restore(self, message_id: int, position: int, count: int) -> None:
+    def restore(self, message_id: int, position: int, count: int, time_ms: int = 0) -> None:
         """A publish record found while replaying: new, or a rewrite of one already held."""
         ids = self.ids
         if self.extra and message_id in self.extra:
-            self.extra[message_id] = position
+            self._restore_extra(message_id, position, time_ms)
         elif ids and message_id <= ids[-1]:
             i = self._find(message_id)
             if i >= 0 and self.pos[i]:
                 self.pos[i] = position
+                self._set_expires(i, time_ms)
             else:
                 if self.extra is None:
                     self.extra = {}
-                self.extra[message_id] = position
+                self._restore_extra(message_id, position, time_ms)
                 self.live += 1
         else:
-            self.append(message_id, position)
+            self.append(message_id, position, time_ms)
         if count:
             self.counts[message_id] = count
         else:
             self.counts.pop(message_id, None)
+
+    def _restore_extra(self, message_id: int, position: int, time_ms: int) -> None:
+        assert self.extra is not None
+        self.extra[message_id] = position
+        if time_ms:
+            self.extra_exp[message_id] = time_ms
+        else:
+            self.extra_exp.pop(message_id, None)
 
     def drop(self, up_to: int) -> int:
         """Forgets every message with an id up to ``up_to`` (the queue was deleted); how many."""
@@ -204,6 +245,7 @@ class QueueIndex:
         if self.extra:
             for message_id in [m for m in self.extra if m <= up_to]:
                 del self.extra[message_id]
+                self.extra_exp.pop(message_id, None)
                 dropped += 1
         for message_id in [m for m in self.counts if m <= up_to]:
             del self.counts[message_id]
@@ -218,9 +260,9 @@ class QueueIndex:
     def _squeeze_all(self) -> None:
         merged = list(self.entries())
         if self.extra:
-            merged.extend(self.extra.items())
+            late = self.extra_exp
+            merged.extend((m, p, late.get(m, 0)) for m, p in self.extra.items())
             merged.sort()
             self.extra = None
-        self.ids = array("q", [m for m, _ in merged])
-        self.pos = array("q", [p for _, p in merged])
-        self.head = 0
+            self.extra_exp = {}
+        self._rebuild(merged)

@@ -28,8 +28,10 @@ from ._index import QueueIndex
 from ._segment import (
     DELIVERED,
     DROP,
+    I64,
     PUBLISH,
     PUBLISH_HEAD,
+    PUBLISH_TIMED,
     SETTLE,
     U32,
     U64,
@@ -159,7 +161,7 @@ class Recovery:
                     vhost_end = tag_start + 1 + data[tag_start]
                     tag_end = vhost_end + 1 + data[vhost_end]
                     if count != 1 or tag_end + 4 + exchange_len + key_len + properties_len > end:
-                        self._publish(data, start, end, base | pos)
+                        self._publish(PUBLISH, data, start, end, base | pos)
                     else:
                         tag = data[tag_start:tag_end]
                         queue = by_tag.get(tag) or self._queue(data, tag_start)[0]
@@ -175,6 +177,11 @@ class Recovery:
                             queue.live += 1
                         else:
                             queue.restore(message_id, base | pos, deliveries)
+                    pairs += count
+                    if message_id > max_id:
+                        max_id = message_id
+                elif kind == PUBLISH_TIMED:
+                    message_id, count = self._publish(kind, data, start, end, base | pos)
                     pairs += count
                     if message_id > max_id:
                         max_id = message_id
@@ -206,10 +213,19 @@ class Recovery:
             queue = self.by_tag[tag] = self.queues[(vhost, name)] = QueueIndex(vhost, name, tag)
         return queue, end
 
-    def _publish(self, data: bytes, start: int, end: int, position: int) -> None:
-        """A publish record to several queues (or one that fails its checks)."""
+    def _publish(
+        self, kind: int, data: bytes, start: int, end: int, position: int
+    ) -> tuple[int, int]:
+        """A publish record to several queues (or one that fails its checks), or a timed
+        one; its message id and number of queues."""
         _, message_id, count, exchange_len, key_len, properties_len = _unpack_head(data, start)
         pos = start + _HEAD_SIZE
+        time_ms = 0
+        if kind == PUBLISH_TIMED:
+            (time_ms,) = I64.unpack_from(data, pos)
+            pos += I64.size
+            if not time_ms:
+                raise _BadRecord("a timed publish record without a time")
         held = []
         for _ in range(count):
             queue, pos = self._queue(data, pos)
@@ -218,7 +234,8 @@ class Recovery:
         if pos + exchange_len + key_len + properties_len > end:
             raise _BadRecord("a publish record shorter than its fields")
         for queue, deliveries in held:
-            queue.restore(message_id, position, deliveries)
+            queue.restore(message_id, position, deliveries, time_ms)
+        return message_id, count
 
     def _acks(self, kind: int, data: bytes, start: int, end: int) -> int:
         """Applies a delivered or settle record; the highest id in it."""

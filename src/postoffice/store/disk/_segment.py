@@ -16,10 +16,16 @@ Payloads (after the frame of :mod:`._format`), little-endian::
     delivered  2 | queue tag | ids (u64 each)
     settle     3 | queue tag | ids (u64 each)
     drop       4 | queue tag | up to id u64        (the queue was deleted)
+    timed      5 | id u64 | nq u16 | len(exchange) u8 | len(routing key) u8 |
+               len(properties) u32 | time_ms i64 | nq x (queue tag, deliveries u32) |
+               exchange | routing key | properties | body           (format 2 on)
 
-A queue tag is ``len u8 | vhost | len u8 | name``.  A publish record for an id already
-held is compaction's rewrite of a live message: it replaces the earlier one (the
-queues still holding it and their delivery counts, as of the rewrite).
+A queue tag is ``len u8 | vhost | len u8 | name``.  A timed publish is a publish whose
+message has an ``time_ms`` (epoch milliseconds, never 0): a type of its own rather
+than a field of every publish, so a message without one costs no byte more.  A
+publish record (of either type) for an id already held is compaction's rewrite of a
+live message: it replaces the earlier one (the queues still holding it and their
+delivery counts, as of the rewrite).
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ from ._index import QueueIndex
 __all__ = [
     "DELIVERED",
     "DROP",
+    "I64",
     "PUBLISH",
     "PUBLISH_HEAD",
+    "PUBLISH_TIMED",
     "SETTLE",
     "U32",
     "U64",
@@ -50,10 +58,12 @@ PUBLISH = 1
 DELIVERED = 2
 SETTLE = 3
 DROP = 4
+PUBLISH_TIMED = 5
 
 PUBLISH_HEAD = struct.Struct("<BQHBBI")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
+I64 = struct.Struct("<q")
 
 _BIG_ENDIAN = sys.byteorder == "big"
 

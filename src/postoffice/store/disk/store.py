@@ -31,7 +31,7 @@ from ._format import FRAME, HEADER, fsync_directory, scan
 from ._index import QueueIndex
 from ._journal import DefinitionsJournal
 from ._recovery import Recovery
-from ._segment import DROP, PUBLISH, PUBLISH_HEAD, U32, U64, Segment
+from ._segment import DROP, I64, PUBLISH, PUBLISH_HEAD, PUBLISH_TIMED, U32, U64, Segment
 
 __all__ = ["DiskStore"]
 
@@ -47,6 +47,7 @@ _OFFSET = 0xFFFFFFFF
 
 _pack_head = PUBLISH_HEAD.pack
 _unpack_head = PUBLISH_HEAD.unpack_from
+_pack_i64 = I64.pack
 _pack_frame = FRAME.pack
 _unpack_frame = FRAME.unpack_from
 _crc32 = zlib.crc32
@@ -191,10 +192,13 @@ class DiskStore:
         routing_key: str,
         properties: bytes,
         body: bytes,
+        time_ms: int = 0,
     ) -> int:
         # The hot path: one message to one queue, a few hundred ns of Python each line.
-        if len(queues) != 1 or self._refusal is not None:
-            return self._publish_many(vhost, queues, exchange, routing_key, properties, body)
+        if len(queues) != 1 or self._refusal is not None or time_ms:
+            return self._publish_many(
+                vhost, queues, exchange, routing_key, properties, body, time_ms
+            )
         message_id = self._next_id
         self._next_id = message_id + 1
         queue = self._queues.get((vhost, queues[0])) or self._new_queue(vhost, queues[0])
@@ -231,7 +235,9 @@ class DiskStore:
         routing_key: str,
         properties: bytes,
         body: bytes,
+        time_ms: int,
     ) -> int:
+        """Any publish but the hot path's: to several queues (or none), or with ``time_ms``."""
         self._check()
         message_id = self._next_id
         self._next_id = message_id + 1
@@ -243,11 +249,13 @@ class DiskStore:
         ]
         raw_exchange = exchange.encode()
         raw_key = routing_key.encode()
+        kind = PUBLISH_TIMED if time_ms else PUBLISH
         meta = b"".join(
             (
                 _pack_head(
-                    PUBLISH, message_id, len(held), len(raw_exchange), len(raw_key), len(properties)
+                    kind, message_id, len(held), len(raw_exchange), len(raw_key), len(properties)
                 ),
+                _pack_i64(time_ms) if time_ms else b"",
                 *(queue.pub_part for queue in held),
                 raw_exchange,
                 raw_key,
@@ -261,7 +269,7 @@ class DiskStore:
         segment.end = offset + 8 + size
         position = segment.base | offset
         for queue in held:
-            queue.append(message_id, position)
+            queue.append(message_id, position, time_ms)
         segment.live += len(held)
         segment.pairs += len(held)
         if segment.end >= self._segment_size:
@@ -321,12 +329,10 @@ class DiskStore:
         index = self._queues.get((vhost, queue))
         if index is None:
             return
-        ids = index.ids[index.head :]
-        positions = index.pos[index.head :]
         counts = index.counts
         segments = self._segments
-        for message_id, position in zip(ids, positions, strict=True):
-            if not position or (position >> 32) not in segments:
+        for message_id, position, time_ms in index.entries():
+            if (position >> 32) not in segments:
                 continue  # settled, and its segment deleted, since the iteration began
             exchange, routing_key, properties, body = _parse_publish(*self._record(position))
             count = counts.get(message_id, 0)
@@ -338,20 +344,19 @@ class DiskStore:
                 body,
                 count > 0,
                 count,
+                time_ms,
             )
 
-    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int]]:
-        """The queue's (message id, delivery count) in order, no record read."""
+    def index(self, vhost: str, queue: str) -> Iterator[tuple[int, int, int]]:
+        """The queue's (message id, delivery count, time_ms) in order, no record read."""
         index = self._queues.get((vhost, queue))
         if index is None:
             return
         counts = index.counts
         segments = self._segments
-        for message_id, position in zip(
-            index.ids[index.head :], index.pos[index.head :], strict=True
-        ):
-            if position and (position >> 32) in segments:
-                yield message_id, counts.get(message_id, 0)
+        for message_id, position, time_ms in index.entries():
+            if (position >> 32) in segments:
+                yield message_id, counts.get(message_id, 0), time_ms
 
     def read(self, message_id: int) -> tuple[str, str, bytes, bytes]:
         position = self._find(message_id)
@@ -660,7 +665,7 @@ class DiskStore:
         for offset in offsets:
             (length,) = _unpack_frame(data, offset)[:1]
             start = offset + FRAME.size
-            if data[start] == PUBLISH:
+            if data[start] in (PUBLISH, PUBLISH_TIMED):
                 moved += self._rewrite(data, start, start + length, segment.base | offset)
         if segment.live:  # pragma: no cover - every live message was on disk and moved
             log.error("%s: %d messages not found while compacting it", segment.path, segment.live)
@@ -671,8 +676,14 @@ class DiskStore:
         self._wake()
 
     def _rewrite(self, data: bytes, start: int, end: int, position: int) -> int:
-        _, message_id, count, exchange_len, key_len, properties_len = _unpack_head(data, start)
+        """Copies a live publish record (either type) to the active segment, with the
+        queues that still hold it and their delivery counts; how many messages moved."""
+        kind, message_id, count, exchange_len, key_len, properties_len = _unpack_head(data, start)
         pos = start + PUBLISH_HEAD.size
+        raw_expires = b""  # kept as it is: a timed record is rewritten as a timed record
+        if kind == PUBLISH_TIMED:
+            raw_expires = data[pos : pos + I64.size]
+            pos += I64.size
         keep: list[QueueIndex] = []
         for _ in range(count):
             tag_end = pos + 2 + data[pos] + data[pos + 1 + data[pos]]
@@ -684,7 +695,8 @@ class DiskStore:
             return 0
         payload = b"".join(
             (
-                _pack_head(PUBLISH, message_id, len(keep), exchange_len, key_len, properties_len),
+                _pack_head(kind, message_id, len(keep), exchange_len, key_len, properties_len),
+                raw_expires,
                 *(queue.tag + U32.pack(queue.counts.get(message_id, 0)) for queue in keep),
                 data[pos:end],
             )
@@ -718,8 +730,10 @@ def _run(callbacks: list[Callable[[], None]]) -> None:
 
 def _parse_publish(data: bytes, start: int, end: int) -> tuple[bytes, bytes, bytes, bytes]:
     """(exchange, routing key, properties, body) of a publish record's payload."""
-    _, _, count, exchange_len, key_len, properties_len = _unpack_head(data, start)
+    kind, _, count, exchange_len, key_len, properties_len = _unpack_head(data, start)
     pos = start + PUBLISH_HEAD.size
+    if kind == PUBLISH_TIMED:
+        pos += I64.size
     for _ in range(count):
         pos += 2 + data[pos] + data[pos + 1 + data[pos]] + 4
     exchange_end = pos + exchange_len
