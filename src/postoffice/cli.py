@@ -42,6 +42,7 @@ _METAVARS = {
     "channel_max": "N",
     "handshake_timeout": "SECONDS",
     "max_message_size": "BYTES",
+    "consumer_timeout": "MS",
     "memory_high_watermark": "FRACTION",
     "disk_free_limit": "BYTES",
     "default_user": "USER",

@@ -103,6 +103,13 @@ class Settings:
         default=134217728,
         metadata=_help(f"largest message body in bytes, at most {_MAX_MESSAGE_SIZE_LIMIT}"),
     )
+    consumer_timeout: int = field(
+        default=1_800_000,
+        metadata=_help(
+            "milliseconds a delivery may stay unacknowledged before its channel is closed "
+            "with 406, as RabbitMQ's consumer_timeout; 0 disables"
+        ),
+    )
     memory_high_watermark: float = field(
         default=0.4,
         metadata=_help(
@@ -335,6 +342,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "channel_max": _between(1, 65535),
     "handshake_timeout": _positive,
     "max_message_size": _between(1, _MAX_MESSAGE_SIZE_LIMIT),
+    "consumer_timeout": _between(0, 2**63 - 1),
     "memory_high_watermark": _between(0.01, 1.0),
     "disk_free_limit": _between(0, 2**63 - 1),
     "default_user": _not_empty,

@@ -53,6 +53,7 @@ __all__ = [
     "encode_array",
     "encode_shortstr",
     "encode_table",
+    "encode_table_keeping",
     "encode_value",
     "timestamp_to_datetime",
 ]
@@ -269,6 +270,30 @@ def encode_value(value: Any) -> bytes:
     return b"".join(parts)
 
 
+def encode_table_keeping(table: Mapping[str, Any], old: Buffer, offset: int) -> bytes:
+    """Encode ``table``, copying byte for byte each entry whose value is unchanged
+    from the table at ``old[offset:]``, so its wire type survives an edit (an int32
+    header stays int32 after the broker adds or removes another header)."""
+    start, stop = _span(old, offset, len(old), "field table")
+    kept: dict[str, tuple[Any, bytes]] = {}
+    pos = start
+    while pos < stop:
+        key_end = pos + 1 + old[pos]
+        key = str(old[pos + 1 : key_end], "utf-8")
+        value, end = _DECODERS[old[key_end]](old, key_end + 1, stop, 0)
+        kept[key] = (value, bytes(old[pos:end]))
+        pos = end
+    parts: list[bytes] = []
+    for key, value in table.items():
+        previous = kept.get(key)
+        if previous is not None and type(previous[0]) is type(value) and previous[0] == value:
+            parts.append(previous[1])
+        else:
+            _encode_entries({key: value}, parts, 0)
+    body = b"".join(parts)
+    return _pack_long(len(body)) + body
+
+
 def encode_shortstr(text: str) -> bytes:
     """A shortstr with its length octet; surrogate escapes turn back into their bytes."""
     if not isinstance(text, str):
@@ -304,7 +329,12 @@ def _encode_value(value: Any, parts: list[bytes], depth: int) -> None:
     elif isinstance(value, bool):
         parts.append(b"t\x01" if value else b"t\x00")
     elif isinstance(value, int):
-        parts.append(_encode_int(int(value)))
+        # An int subclass may ask for 64 bits (``field_type = "l"``), as RabbitMQ
+        # writes x-death counts: Java clients read them as Long.
+        if getattr(value, "field_type", None) == "l":
+            parts.append(b"l" + _pack_int64(value))
+        else:
+            parts.append(_encode_int(int(value)))
     elif isinstance(value, str):
         _encode_value(str(value), parts, depth)
     elif isinstance(value, float):

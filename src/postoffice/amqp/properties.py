@@ -28,6 +28,7 @@ from ._table import (
     decode_table_body,
     encode_shortstr,
     encode_table,
+    encode_table_keeping,
     timestamp_to_datetime,
 )
 
@@ -70,8 +71,13 @@ def decode_properties(raw: Buffer) -> dict[str, Any]:
     return properties
 
 
-def encode_properties(properties: Mapping[str, Any]) -> bytes:
-    """Encode property flags and list; keys that are absent or None are left out."""
+def encode_properties(
+    properties: Mapping[str, Any], encoded: Mapping[str, bytes] | None = None
+) -> bytes:
+    """Encode property flags and list; keys that are absent or None are left out.
+
+    ``encoded`` gives some values already encoded (used as they are).
+    """
     if not properties.keys() <= _NAMES:
         unknown = sorted(set(properties) - _NAMES)
         raise ValueError(f"unknown basic properties: {', '.join(unknown)}")
@@ -81,6 +87,9 @@ def encode_properties(properties: Mapping[str, Any]) -> bytes:
         value = properties.get(name)
         if value is not None:
             flags |= flag
+            if encoded is not None and name in encoded:
+                parts.append(encoded[name])
+                continue
             try:
                 parts.append(encode(value))
             except TypeError as exc:
@@ -95,7 +104,7 @@ T = TypeVar("T")
 
 
 _FLAG_OF = {name: flag for name, _type, flag in BASIC_PROPERTIES}
-_REPLY_TO_OR_USER_ID = _FLAG_OF["reply_to"] | _FLAG_OF["user_id"]
+_INSPECT_FLAGS = _FLAG_OF["reply_to"] | _FLAG_OF["user_id"] | _FLAG_OF["expiration"]
 _HEADERS_FLAG = _FLAG_OF["headers"]
 _DELIVERY_MODE_FLAG = _FLAG_OF["delivery_mode"]
 
@@ -240,7 +249,7 @@ class BasicProperties:
 
     @property
     def inspect_on_publish(self) -> bool:
-        """True if reply_to or user_id is set, or the headers may hold CC or BCC.
+        """True if reply_to, user_id or expiration is set, or the headers may hold CC or BCC.
 
         Read from the flag bits and a byte search, without decoding, and remembered:
         a broker asks it of every published message, often of the same properties.
@@ -252,7 +261,7 @@ class BasicProperties:
                 inspect = False
             else:
                 flags = raw[0] << 8 | raw[1]
-                inspect = bool(flags & _REPLY_TO_OR_USER_ID) or (
+                inspect = bool(flags & _INSPECT_FLAGS) or (
                     bool(flags & _HEADERS_FLAG) and (b"\x02CC" in raw or b"\x03BCC" in raw)
                 )
             self._inspect = inspect
@@ -263,8 +272,32 @@ class BasicProperties:
         return dict(self._values())
 
     def replace(self, **changes: Any) -> BasicProperties:
-        """New properties with ``changes`` applied; a None value removes a property."""
-        return self._from_mapping({**self._values(), **changes})
+        """New properties with ``changes`` applied; a None value removes a property.
+
+        Header values left unchanged keep their bytes (and so their wire types).
+        """
+        values = {**self._values(), **changes}
+        headers = changes.get("headers")
+        offset = self._headers_offset() if headers else None
+        if headers is None or offset is None:
+            return self._from_mapping(values)
+        kept = {"headers": encode_table_keeping(headers, self._raw, offset)}
+        properties = type(self)(encode_properties(values, kept))
+        properties._decoded = decode_properties(properties._raw)
+        return properties
+
+    def _headers_offset(self) -> int | None:
+        """Where the headers table starts in ``raw``, or None without headers."""
+        raw = self._raw
+        flags = raw[0] << 8 | raw[1]
+        if not flags & _HEADERS_FLAG or flags & 1:
+            return None
+        pos = 2
+        if flags & _FLAG_OF["content_type"]:
+            pos += 1 + raw[pos]
+        if flags & _FLAG_OF["content_encoding"]:
+            pos += 1 + raw[pos]
+        return pos
 
     def _values(self) -> dict[str, Any]:
         if self._decoded is None:

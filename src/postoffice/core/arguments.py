@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PreconditionFailed
 
-__all__ = ["QUEUE_TYPES", "check_queue_arguments", "wire_type"]
+__all__ = ["QUEUE_TYPES", "check_queue_arguments", "check_queue_type", "wire_type"]
 
 QUEUE_TYPES = ("classic", "quorum", "stream")
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
@@ -135,3 +135,85 @@ def check_queue_arguments(arguments: Mapping[str, Any], what: str) -> None:
             reason = check(value, arguments)
             if reason is not None:
                 raise PreconditionFailed(f"invalid arg '{key}' for {what}: {reason}")
+
+
+# The arguments each queue type takes, as RabbitMQ 3.10 lists them; a known argument
+# of another type is refused.  Deliberately, classic queues also take x-delivery-limit
+# (RabbitMQ only honours it on quorum queues; docs/compatibility.md).
+_TYPE_ARGUMENTS = {
+    "classic": frozenset(
+        {
+            "x-expires",
+            "x-message-ttl",
+            "x-dead-letter-exchange",
+            "x-dead-letter-routing-key",
+            "x-max-length",
+            "x-max-length-bytes",
+            "x-max-priority",
+            "x-overflow",
+            "x-queue-mode",
+            "x-queue-version",
+            "x-single-active-consumer",
+            "x-queue-type",
+            "x-queue-master-locator",
+            "x-delivery-limit",
+        }
+    ),
+    "quorum": frozenset(
+        {
+            "x-dead-letter-exchange",
+            "x-dead-letter-routing-key",
+            "x-dead-letter-strategy",
+            "x-expires",
+            "x-max-length",
+            "x-max-length-bytes",
+            "x-max-in-memory-length",
+            "x-max-in-memory-bytes",
+            "x-overflow",
+            "x-single-active-consumer",
+            "x-queue-type",
+            "x-quorum-initial-group-size",
+            "x-delivery-limit",
+            "x-message-ttl",
+            "x-queue-leader-locator",
+        }
+    ),
+    "stream": frozenset(
+        {
+            "x-max-length-bytes",
+            "x-queue-type",
+            "x-max-age",
+            "x-stream-max-segment-size-bytes",
+            "x-initial-cluster-size",
+            "x-queue-leader-locator",
+        }
+    ),
+}
+_KNOWN_ARGUMENTS: frozenset[str] = frozenset().union(*_TYPE_ARGUMENTS.values())
+_TYPE_MODULES = {
+    "classic": "rabbit_classic_queue",
+    "quorum": "rabbit_quorum_queue",
+    "stream": "rabbit_stream_queue",
+}
+
+
+def check_queue_type(
+    arguments: Mapping[str, Any], what: str, durable: bool, exclusive: bool, auto_delete: bool
+) -> None:
+    """RabbitMQ's rules of a queue's type: the arguments it takes, and a quorum queue
+    must be durable, not exclusive and not auto-delete (406 with RabbitMQ's texts)."""
+    kind = _text(arguments.get("x-queue-type")) or "classic"
+    allowed = _TYPE_ARGUMENTS.get(kind, _TYPE_ARGUMENTS["classic"])
+    for key in arguments:
+        if key in _KNOWN_ARGUMENTS and key not in allowed:
+            raise PreconditionFailed(
+                f"invalid arg '{key}' for {what} of queue type {_TYPE_MODULES[kind]}"
+            )
+    if kind == "quorum":
+        for refused, name in (
+            (auto_delete, "auto-delete"),
+            (exclusive, "exclusive-owner"),
+            (not durable, "non-durable"),
+        ):
+            if refused:
+                raise PreconditionFailed(f"invalid property '{name}' for {what}")

@@ -8,10 +8,12 @@ from typing import Any
 
 from ..errors import AccessRefused, InternalError, NotAllowed
 from ..store import MemoryStore, Store
+from .ack_timeout import AckTimeouts
 from .clock import Clock, SystemClock
 from .connection import Connection
 from .message import Properties
 from .queue import Queue
+from .timers import Timers
 from .vhost import VHost
 
 __all__ = ["Broker", "PropertiesEditor"]
@@ -30,16 +32,21 @@ class Broker:
         default_vhost: str = "/",
         edit_properties: PropertiesEditor | None = None,
         read_properties: Callable[[bytes], Properties] | None = None,
+        consumer_timeout: int = 1_800_000,
     ) -> None:
+        """``consumer_timeout``: the broker-wide ack timeout in ms (0: none), as RabbitMQ's."""
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.users: dict[str, str] = dict(users if users is not None else {"guest": "guest"})
         self._read_properties = read_properties
-        self.vhosts: dict[str, VHost] = {
-            default_vhost: VHost(default_vhost, self.store, read_properties)
-        }
-        self.connections: set[Connection] = set()
         self._edit_properties = edit_properties
+        # Deadlines of every rule that acts at a time; the server runs them (run_due).
+        self.timers = Timers(self.clock)
+        self.ack_timeouts = AckTimeouts(self, consumer_timeout)
+        if consumer_timeout:
+            self.ack_timeouts.watch()
+        self.vhosts: dict[str, VHost] = {default_vhost: self._new_vhost(default_vhost)}
+        self.connections: set[Connection] = set()
         self._recover()
 
     def _recover(self) -> None:
@@ -57,14 +64,24 @@ class Broker:
     def _recover_messages(self, queue: Queue) -> None:
         """Puts a durable queue's stored messages back in line, as they were, paged out:
         their bodies stay on disk until they are delivered."""
-        for message_id, deliveries in self.store.index(queue.vhost, queue.name):
-            queue.restore(message_id, deliveries > 0)
+        for message_id, deliveries, time in self.store.index(queue.vhost, queue.name):
+            queue.restore(message_id, deliveries, time)
 
     def _vhost_for_recovery(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VHost(name, self.store, self._read_properties)
+            vhost = self.vhosts[name] = self._new_vhost(name)
         return vhost
+
+    def _new_vhost(self, name: str) -> VHost:
+        return VHost(
+            name,
+            self.store,
+            self._read_properties,
+            clock=self.clock,
+            timers=self.timers,
+            edit_properties=self._edit_properties,
+        )
 
     def authenticate(self, user: str, password: str) -> bool:
         expected = self.users.get(user)

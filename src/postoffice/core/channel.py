@@ -10,21 +10,24 @@ range of tags.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
     AccessRefused,
+    AMQPError,
     AMQPNotImplemented,
     NotAllowed,
     NotFound,
     PreconditionFailed,
 )
-from ..store import Store
+from .ack_timeout import effective_timeout, timeout_argument
+from .deadletter import parse_expiration
 from .exchange import Exchange
-from .message import Message, Properties, QueueEntry
+from .message import Message, Properties, QueueEntry, routing_keys_of
 from .queue import Queue
-from .vhost import DIRECT_REPLY_TO, VHost
+from .vhost import DIRECT_REPLY_TO, REJECTED, ROUTED, STORED, VHost
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -32,20 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["Channel", "Consumer", "DeliverySink"]
 
 
-def _keys(value: Any) -> list[str]:
-    """Routing keys from a CC or BCC header: an array of strings (or one string)."""
-    if isinstance(value, str | bytes):
-        value = [value]
-    if not isinstance(value, list):
-        return []
-    return [
-        item.decode("utf-8", "surrogateescape") if isinstance(item, bytes) else item
-        for item in value
-        if isinstance(item, str | bytes)
-    ]
-
-
 NO_ROUTE = 312
+
+# How a delivery ends (Channel._settle).
+ACKED, REQUEUED, REJECTED_ = 0, 1, 2
 
 
 class DeliverySink(Protocol):
@@ -65,6 +58,9 @@ class DeliverySink(Protocol):
     def consumer_cancelled(self, consumer_tag: str) -> None:
         """The broker cancelled a consumer (its queue went away)."""
 
+    def fail(self, error: AMQPError) -> None:
+        """The channel must close with ``error`` (a delivery was not acked in time)."""
+
 
 class Consumer:
     __slots__ = (
@@ -76,6 +72,7 @@ class Consumer:
         "priority",
         "queue",
         "tag",
+        "timeout",
         "unacked",
     )
 
@@ -103,6 +100,8 @@ class Consumer:
         self.priority = (
             priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
         )
+        # x-consumer-timeout (ms): this consumer's ack timeout, over the queue's and broker's.
+        self.timeout = timeout_argument(self.arguments)
 
     def ready(self) -> bool:
         channel = self.channel
@@ -146,12 +145,18 @@ class Channel:
         self._stored_since_confirm = False
         self._syncs_pending = 0
         self.tx_mode = False
-        self._tx_publishes: list[tuple[str, Message, bool]] = []
-        self._tx_settles: list[tuple[list[Unacked], bool]] = []
+        self._tx_publishes: list[tuple[str, Message, bool, bool]] = []
+        self._tx_settles: list[tuple[list[Unacked], int]] = []
         self._tx_taken: list[tuple[int, Unacked]] = []
         self.last_queue: str | None = None
         self.reply_address: str | None = None
         self.closed = False
+        # (time, next delivery tag) marks for the ack timeout check (core/ack_timeout.py).
+        self.ack_marks: deque[tuple[float, int]] = deque()
+
+    @property
+    def next_delivery_tag(self) -> int:
+        return self._next_tag
 
     # -- queues --------------------------------------------------------------------
 
@@ -234,6 +239,9 @@ class Channel:
         )
         self.consumers[tag] = consumer
         queue.add_consumer(consumer)
+        timeout = effective_timeout(consumer, queue, 0)
+        if timeout is not None:
+            self.connection.broker.ack_timeouts.watch(timeout)
         return tag
 
     def _consume_replies(self, tag: str, no_ack: bool) -> str:
@@ -279,8 +287,13 @@ class Channel:
 
     # -- delivery ------------------------------------------------------------------
 
-    def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
-        message = entry.message or self.vhost.page_in(entry)  # before settling it
+    def deliver(
+        self, consumer: Consumer, entry: QueueEntry, message: Message | None = None
+    ) -> None:
+        """Delivers an entry to a consumer; ``message`` is what the consumer sees when a
+        ruled queue added headers to it."""
+        if message is None:
+            message = entry.message or self.vhost.page_in(entry)  # before settling it
         tag = self._next_tag
         self._next_tag = tag + 1
         queue = consumer.queue
@@ -294,23 +307,23 @@ class Channel:
             self.unacked_count += 1
         self.sink.deliver(consumer.tag, tag, entry.redelivered, message)
 
-    def get(self, queue_name: str, no_ack: bool) -> tuple[int, QueueEntry, int] | None:
-        """basic.get: (delivery tag, entry, messages left) or None when the queue is empty."""
+    def get(self, queue_name: str, no_ack: bool) -> tuple[int, QueueEntry, Message, int] | None:
+        """basic.get: (delivery tag, entry, message as sent, messages left), or None
+        when the queue is empty."""
         queue = self.queue(queue_name)
         entry = queue.get()
         if entry is None:
             return None
         tag = self._next_tag
         self._next_tag = tag + 1
-        if entry.message is None:
-            self.vhost.page_in(entry)
+        message = queue.outgoing(entry, entry.message or self.vhost.page_in(entry))
         if entry.store_id:
             queue.delivered(entry)
             if no_ack:
                 queue.settle((entry,))
         if not no_ack:
             self.unacked[tag] = (entry, queue, None)
-        return tag, entry, queue.message_count
+        return tag, entry, message, queue.message_count
 
     def qos(self, prefetch_size: int, prefetch_count: int, global_: bool) -> None:
         if prefetch_size:
@@ -359,16 +372,17 @@ class Channel:
     def ack(self, delivery_tag: int, multiple: bool) -> None:
         records = self._take(delivery_tag, multiple)
         if self.tx_mode:
-            self._tx_settles.append((records, False))
+            self._tx_settles.append((records, ACKED))
         else:
-            self._settle(records, requeue=False)
+            self._settle(records, ACKED)
 
     def nack(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
         records = self._take(delivery_tag, multiple)
+        how = REQUEUED if requeue else REJECTED_
         if self.tx_mode:
-            self._tx_settles.append((records, requeue))
+            self._tx_settles.append((records, how))
         else:
-            self._settle(records, requeue=requeue)
+            self._settle(records, how)
 
     def reject(self, delivery_tag: int, requeue: bool) -> None:
         self.nack(delivery_tag, False, requeue)
@@ -383,9 +397,10 @@ class Channel:
             raise AMQPNotImplemented("requeue=false")
         records = list(self.unacked.values())
         self.unacked.clear()
-        self._settle(records, requeue=True)
+        self._settle(records, REQUEUED)
 
-    def _settle(self, records: list[Unacked], requeue: bool) -> None:
+    def _settle(self, records: list[Unacked], how: int) -> None:
+        """Ends deliveries: acked, requeued, or rejected (dead-lettered by a ruled queue)."""
         kicked: dict[Queue, None] = {}
         settled: dict[Queue, list[QueueEntry]] = {}
         for entry, queue, consumer in records:
@@ -394,11 +409,13 @@ class Channel:
                 self.unacked_count -= 1
                 if consumer.queue is not None:
                     kicked[consumer.queue] = None
-            if queue is not None and (requeue or entry.store_id):
+            if queue is not None and (how or entry.store_id):
                 settled.setdefault(queue, []).append(entry)
         for queue, entries in settled.items():
-            if requeue:
+            if how == REQUEUED:
                 queue.requeue(entries)
+            elif how == REJECTED_:
+                queue.reject(entries)
             else:
                 queue.settle(entries)
         if self.global_prefetch:
@@ -427,25 +444,27 @@ class Channel:
             raise AccessRefused(
                 f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.vhost.name}'"
             )
+        expiring = False
         if properties.inspect_on_publish:
-            properties = self._inspect(properties)
+            properties, expiring = self._inspect(properties)
         message = Message(exchange_name, routing_key, properties, body)
         if self.tx_mode:
-            self._tx_publishes.append((exchange_name, message, mandatory))
+            self._tx_publishes.append((exchange_name, message, mandatory, expiring))
             return
-        self._route(message, mandatory)
+        refused = self._route(message, mandatory, expiring)
         if self.confirm_mode:
             self._publish_seq += 1
-            self._confirm(self._publish_seq)
+            self._confirm(self._publish_seq, not refused)
 
-    def _confirm(self, seq: int) -> None:
-        """Confirms a publish, after the store has it on disk if it was stored.
+    def _confirm(self, seq: int, ack: bool = True) -> None:
+        """Confirms a publish, after the store has it on disk if it was stored; a nack
+        when a full queue refused it (x-overflow reject-publish).
 
         Confirms leave in publish order: once one waits for the store, the ones after
         it wait too (the store runs its callbacks in order).
         """
         if not self._stored_since_confirm and not self._syncs_pending:
-            self.sink.confirm(seq, True)
+            self.sink.confirm(seq, ack)
             return
         self._stored_since_confirm = False
         self._syncs_pending += 1
@@ -453,67 +472,64 @@ class Channel:
         def synced() -> None:
             self._syncs_pending -= 1
             if not self.closed:
-                self.sink.confirm(seq, True)
+                self.sink.confirm(seq, ack)
 
         self.vhost.store.sync(synced)
 
-    def _store(self, store: Store, queues: Iterable[Queue], message: Message) -> int:
-        """Writes a persistent message once for all the durable queues it goes to."""
-        self._stored_since_confirm = True
-        return store.publish(
-            self.vhost.name,
-            [queue.name for queue in queues if queue.store is not None],
-            message.exchange,
-            message.routing_key,
-            message.properties.raw,
-            message.body,
-        )
+    def _inspect(self, properties: Properties) -> tuple[Properties, bool]:
+        """The publish-time rules on properties: user_id, expiration, direct reply-to.
 
-    def _inspect(self, properties: Properties) -> Properties:
-        """The publish-time rules on properties: user_id, direct reply-to."""
+        Returns the properties (maybe edited) and whether the message has an expiration.
+        """
         user_id = properties.user_id
         if user_id is not None and user_id != self.connection.user:
             raise PreconditionFailed(
                 f"user_id property set to '{user_id}' but authenticated user was "
                 f"'{self.connection.user}'"
             )
+        expiration = properties.expiration
+        if expiration is not None:
+            parse_expiration(expiration)  # 406 for a value RabbitMQ refuses
         if properties.reply_to == DIRECT_REPLY_TO:
             if self.reply_address is None:
                 raise PreconditionFailed("fast reply consumer does not exist")
             properties = self.connection.broker.edit_properties(
                 properties, {"reply_to": self.reply_address}
             )
-        return properties
+        return properties, expiration is not None
 
-    def _route(self, message: Message, mandatory: bool) -> None:
+    def _route(self, message: Message, mandatory: bool, expiring: bool = False) -> bool:
+        """Routes and enqueues a message; True when a full queue refused it."""
         vhost = self.vhost
         exchange = vhost.exchanges.get(message.exchange)
         if exchange is None:  # deleted inside a transaction
-            queues: Iterable[Queue] = ()
+            queues: list[Queue] = []
         elif message.properties.inspect_on_publish:
             queues = self._route_sender_selected(exchange, message)
         else:
             queues = vhost.route(exchange, message)
-        routed = False
-        store_id = 0
-        for queue in queues:
-            if queue.store is not None and not store_id and message.persistent:
-                store_id = self._store(queue.store, queues, message)
-            queue.publish(message, False, store_id if queue.store is not None else 0)
-            routed = True
-        if not routed and message.exchange == "":
-            consumer = vhost.reply_consumer(message.routing_key)
-            if consumer is not None:
-                consumer.deliver(QueueEntry(0, message))
-                routed = True
-        if not routed and mandatory:
-            self.sink.returned(NO_ROUTE, "NO_ROUTE", message)
+        result = None
+        if exchange is not None and exchange.behaviour is not None:
+            result = exchange.behaviour.publish(message, queues, expiring)
+        if result is None:
+            result = vhost.enqueue(message, queues, expiring) if queues else 0
+        if result & STORED:
+            self._stored_since_confirm = True
+        if not result & ROUTED:
+            if message.exchange == "":
+                consumer = vhost.reply_consumer(message.routing_key)
+                if consumer is not None:
+                    consumer.deliver(QueueEntry(0, message))
+                    return False
+            if mandatory:
+                self.sink.returned(NO_ROUTE, "NO_ROUTE", message)
+        return bool(result & REJECTED)
 
     def _route_sender_selected(self, exchange: Exchange, message: Message) -> list[Queue]:
         """Routing with RabbitMQ's sender-selected distribution: the CC and BCC headers
         name more routing keys, and BCC is removed before delivery."""
         headers = message.properties.headers or {}
-        extra = [*_keys(headers.get("CC")), *_keys(headers.get("BCC"))]
+        extra = [*routing_keys_of(headers.get("CC")), *routing_keys_of(headers.get("BCC"))]
         if not extra:
             return self.vhost.route(exchange, message)
         if "BCC" in headers:
@@ -544,10 +560,10 @@ class Channel:
             raise PreconditionFailed("channel is not transactional")
         publishes, settles = self._tx_publishes, self._tx_settles
         self._tx_publishes, self._tx_settles, self._tx_taken = [], [], []
-        for _, message, mandatory in publishes:
-            self._route(message, mandatory)
-        for records, requeue in settles:
-            self._settle(records, requeue=requeue)
+        for _, message, mandatory, expiring in publishes:
+            self._route(message, mandatory, expiring)
+        for records, how in settles:
+            self._settle(records, how)
 
     def rollback(self) -> None:
         if not self.tx_mode:
@@ -574,4 +590,4 @@ class Channel:
             self.unacked[tag] = record
         records = list(self.unacked.values())
         self.unacked.clear()
-        self._settle(records, requeue=True)
+        self._settle(records, REQUEUED)

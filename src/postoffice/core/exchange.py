@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import PreconditionFailed
 from .arguments import wire_type
 from .routing import DirectRouter, FanoutRouter, HeadersRouter, Router, TopicRouter
 
-__all__ = ["EXCHANGE_TYPES", "Binding", "Exchange"]
+if TYPE_CHECKING:
+    from .message import Message
+    from .queue import Queue
+
+__all__ = ["EXCHANGE_TYPES", "Binding", "Exchange", "ExchangeBehaviour"]
 
 EXCHANGE_TYPES: dict[str, type[Router]] = {
     "direct": DirectRouter,
@@ -18,6 +22,24 @@ EXCHANGE_TYPES: dict[str, type[Router]] = {
     "topic": TopicRouter,
     "headers": HeadersRouter,
 }
+
+
+class ExchangeBehaviour(Protocol):
+    """What an exchange type from a RabbitMQ plugin adds to publishing (delayed
+    messages, de-duplication); plain exchanges have none and pay nothing for it."""
+
+    def publish(self, message: Message, queues: list[Queue], expiring: bool) -> int | None:
+        """A message published to the exchange, with the queues it routes to now.
+
+        Returns None to let it be enqueued as usual, or the ROUTED/STORED/REJECTED
+        bits of :meth:`VHost.enqueue` when the behaviour took it (held it for later,
+        or dropped it as a duplicate).
+        """
+        ...
+
+    def deleted(self) -> None:
+        """The exchange was deleted: let go of what it holds."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +79,7 @@ class Exchange:
         "alternate",
         "arguments",
         "auto_delete",
+        "behaviour",
         "bindings",
         "durable",
         "internal",
@@ -74,19 +97,23 @@ class Exchange:
         auto_delete: bool = False,
         internal: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        routing_type: str | None = None,
     ) -> None:
+        """``routing_type``: the plain type whose router a plugin exchange type uses."""
         self.name = name
         self.type = type
         self.durable = durable
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments: dict[str, Any] = dict(arguments or {})
-        self.router: Router = EXCHANGE_TYPES[type]()
+        self.router: Router = EXCHANGE_TYPES[routing_type or type]()
         alternate = self.arguments.get("alternate-exchange")
         self.alternate: str | None = _as_text(alternate) if alternate else None
         # Bindings with this exchange as source, in the order they were made, with
         # their destination and their arguments as the client sent them.
         self.bindings: dict[Binding, tuple[Hashable, dict[str, Any]]] = {}
+        # Set by the vhost for the plugin exchange types.
+        self.behaviour: ExchangeBehaviour | None = None
 
     def add_binding(
         self, binding: Binding, destination: Hashable, arguments: Mapping[str, Any]

@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["Message", "Properties", "QueueEntry"]
+__all__ = ["Message", "Properties", "QueueEntry", "routing_keys_of"]
+
+
+def routing_keys_of(value: Any) -> list[str]:
+    """Routing keys from a CC or BCC header: an array of strings (or one string)."""
+    if isinstance(value, str | bytes):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [
+        item.decode("utf-8", "surrogateescape") if isinstance(item, bytes) else item
+        for item in value
+        if isinstance(item, str | bytes)
+    ]
 
 
 class Properties(Protocol):
@@ -29,14 +42,20 @@ class Properties(Protocol):
     def user_id(self) -> str | None: ...
 
     @property
+    def priority(self) -> int | None: ...
+
+    @property
+    def expiration(self) -> str | None: ...
+
+    @property
     def persistent(self) -> bool:
         """delivery_mode == 2; cheap, asked of every message bound for a durable queue."""
         ...
 
     @property
     def inspect_on_publish(self) -> bool:
-        """True when the broker must look closer at publish time: a reply_to or user_id
-        is set, or the headers may hold CC/BCC.  False is a promise; True may be wrong."""
+        """True when the broker must look closer at publish time: a reply_to, user_id or
+        expiration is set, or the headers may hold CC/BCC.  False is a promise; True may be wrong."""
         ...
 
     @property

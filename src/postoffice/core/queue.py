@@ -7,6 +7,13 @@ to ready consumers, round-robin, until one side runs out.  A consumer is ready w
 its channel has prefetch room and its connection's socket is draining.  Entries given
 back (nack/reject with requeue, channel close, recover) return to their old place in
 line, marked redelivered, as in RabbitMQ.
+
+This class is the plain queue, and the hot path: it knows nothing of priorities,
+expiry, bounds, dead letters or delivery limits, so a queue without them pays
+nothing for them.  A queue declared with such arguments is a
+:class:`~postoffice.core.ruled.RuledQueue`, a subclass keeping its rule state in
+the ``rules`` slot; a plain queue that receives a message with a per-message TTL
+becomes one in place (:meth:`promote`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class Queue:
         "had_consumers",
         "messages",
         "name",
+        "rules",
         "store",
         "vhost",
     )
@@ -76,6 +84,8 @@ class Queue:
         # Where this queue keeps its persistent messages; None for a queue that does
         # not outlive the broker (transient or exclusive).
         self.store: Store | None = None
+        # The rule state of a RuledQueue; None for a plain queue.
+        self.rules: Any = None
 
     @property
     def exclusive(self) -> bool:
@@ -104,7 +114,11 @@ class Queue:
         """
         return self.durable and self.exclusive_owner is None
 
-    def publish(self, message: Message, redelivered: bool = False, store_id: int = 0) -> QueueEntry:
+    def publish(
+        self, message: Message, redelivered: bool = False, store_id: int = 0
+    ) -> QueueEntry | None:
+        """Enqueues (or delivers at once) a new message; its entry (a ruled queue may
+        refuse it: None)."""
         seq = self._next_seq
         self._next_seq = seq + 1
         entry = QueueEntry(seq, message, redelivered, store_id)
@@ -118,11 +132,15 @@ class Queue:
         self.messages.append(entry)
         return entry
 
-    def restore(self, store_id: int, redelivered: bool) -> None:
-        """Puts a stored message back in line at start-up, paged out."""
+    def restore(self, store_id: int, deliveries: int, time: int) -> None:
+        """Puts a stored message back in line at start-up, paged out.
+
+        ``deliveries`` is how often it reached a consumer before; ``time`` is the time
+        the store keeps for it (epoch ms; used by a ruled queue's expiry).
+        """
         seq = self._next_seq
         self._next_seq = seq + 1
-        self.messages.append(QueueEntry(seq, None, redelivered, store_id))
+        self.messages.append(QueueEntry(seq, None, deliveries > 0, store_id))
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """Puts delivered entries back at their old place in line, marked redelivered."""
@@ -155,6 +173,17 @@ class Queue:
 
     def get(self) -> QueueEntry | None:
         return self.messages.popleft() if self.messages else None
+
+    def outgoing(self, entry: QueueEntry, message: Message) -> Message:
+        """The message as a consumer receives it (a ruled queue may add headers)."""
+        return message
+
+    def reject(self, entries: Iterable[QueueEntry]) -> None:
+        """These entries were rejected without requeue: gone (a ruled queue may dead-letter)."""
+        self.settle(entries)
+
+    def touch(self) -> None:
+        """The queue was used (declared again, read): a ruled queue's x-expires restarts."""
 
     def purge(self) -> int:
         count = len(self.messages)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AccessRefused, InternalError, NotFound, PreconditionFailed, ResourceLocked
 from ..store import BindingRecord, ExchangeRecord, QueueRecord, Store
-from .arguments import check_queue_arguments
+from .arguments import check_queue_arguments, check_queue_type
+from .clock import Clock, SystemClock
+from .deadletter import dead_letter_headers, is_cycle
 from .exchange import (
     EXCHANGE_TYPES,
     Binding,
@@ -19,15 +21,28 @@ from .exchange import (
     check_arguments_equivalent,
     freeze_arguments,
 )
-from .message import Message, Properties, QueueEntry
+from .message import Message, Properties, QueueEntry, routing_keys_of
+from .plugins import PLUGIN_EXCHANGES
 from .queue import Queue
+from .ruled import RuledQueue, needs_rules, promote
+from .timers import Timers
 
 if TYPE_CHECKING:
     from .channel import Consumer
 
-__all__ = ["DIRECT_REPLY_TO", "VHost"]
+__all__ = ["DIRECT_REPLY_TO", "INTERNAL_QUEUE_PREFIX", "REJECTED", "ROUTED", "STORED", "VHost"]
+
+# What became of a message handed to its queues (VHost.enqueue), as bits.
+ROUTED = 1  # at least one queue took it
+STORED = 2  # written to the store: a confirm waits for the store's sync
+REJECTED = 4  # a full queue refused it (x-overflow reject-publish): the publisher gets a nack
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+# Store queues that hold a plugin exchange's durable state (held delayed messages, a
+# de-duplication window) are named with this prefix: clients cannot declare "amq."
+# queues, so the names never clash, and recovery leaves them to their exchange.
+INTERNAL_QUEUE_PREFIX = "amq.internal."
 _REPLY_TO_PREFIX = DIRECT_REPLY_TO + "."
 
 # The queue arguments RabbitMQ compares when a queue is declared again.
@@ -64,15 +79,26 @@ _STANDARD_EXCHANGES = (
 )
 
 QueueCancelled = Callable[["Consumer"], None]
+PropertiesEditor = Callable[[Properties, dict[str, Any]], Properties]
 
 
 class VHost:
     def __init__(
-        self, name: str, store: Store, read_properties: Callable[[bytes], Properties] | None = None
+        self,
+        name: str,
+        store: Store,
+        read_properties: Callable[[bytes], Properties] | None = None,
+        *,
+        clock: Clock | None = None,
+        timers: Timers | None = None,
+        edit_properties: PropertiesEditor | None = None,
     ) -> None:
         self.name = name
         self.store = store
         self._read_properties = read_properties
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.timers = timers if timers is not None else Timers(self.clock)
+        self._edit_properties = edit_properties
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         # Bindings by destination, so deleting a queue or exchange finds its bindings.
@@ -96,7 +122,7 @@ class VHost:
         internal: bool = False,
         arguments: Mapping[str, Any] | None = None,
     ) -> Exchange:
-        if not passive and type not in EXCHANGE_TYPES:
+        if not passive and type not in EXCHANGE_TYPES and type not in PLUGIN_EXCHANGES:
             # RabbitMQ 3.10 closes the connection with 503 here; newer versions close the
             # channel with 406, which is what clients' suites expect (docs/compatibility.md).
             raise PreconditionFailed(f"unknown exchange type '{type}'")
@@ -111,6 +137,24 @@ class VHost:
             existing.check_equivalent(type, durable, auto_delete, internal, arguments, self.name)
             return existing
         _check_name("exchange", name)
+        plugin = PLUGIN_EXCHANGES.get(type)
+        if plugin is not None:
+            plugin.check_arguments(arguments or {}, f"exchange '{name}' in vhost '{self.name}'")
+        exchange = self._new_exchange(name, type, durable, auto_delete, internal, arguments or {})
+        if durable:
+            self.store.put(_exchange_record(self.name, exchange))
+        return exchange
+
+    def _new_exchange(
+        self,
+        name: str,
+        type: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Mapping[str, Any],
+    ) -> Exchange:
+        plugin = PLUGIN_EXCHANGES.get(type)
         exchange = Exchange(
             name,
             type,
@@ -118,10 +162,11 @@ class VHost:
             auto_delete=auto_delete,
             internal=internal,
             arguments=arguments,
+            routing_type=plugin.routing_type(arguments) if plugin is not None else None,
         )
         self.exchanges[name] = exchange
-        if durable:
-            self.store.put(_exchange_record(self.name, exchange))
+        if plugin is not None:
+            exchange.behaviour = plugin(self, exchange)
         return exchange
 
     def exchange(self, name: str) -> Exchange:
@@ -151,6 +196,8 @@ class VHost:
             self._remove_binding(binding)
         self._incoming.pop((False, exchange.name), None)
         del self.exchanges[exchange.name]
+        if exchange.behaviour is not None:
+            exchange.behaviour.deleted()
         if exchange.durable:
             self.store.delete(_exchange_record(self.name, exchange))
 
@@ -170,31 +217,68 @@ class VHost:
         if passive:
             return self.queue(name, owner)
         if name == "":
+            queue_type = (arguments or {}).get("x-queue-type")
+            if queue_type in ("quorum", b"quorum"):
+                raise PreconditionFailed(
+                    'Cannot declare a server-named queue for type <<"quorum">>'
+                )
             name = "amq.gen-" + secrets.token_urlsafe(16)
         else:
             _check_name("queue", name)
-        if self.queues.get(name) is None:
-            check_queue_arguments(arguments or {}, f"queue '{name}' in vhost '{self.name}'")
         existing = self.queues.get(name)
-        if existing is not None:
+        if existing is None:
+            what = f"queue '{name}' in vhost '{self.name}'"
+            check_queue_arguments(arguments or {}, what)
+            check_queue_type(arguments or {}, what, durable, exclusive, auto_delete)
+        else:
             self._check_access(existing, owner)
             _check_queue_equivalent(
                 existing, durable, exclusive, auto_delete, arguments or {}, self.name
             )
+            existing.touch()
             return existing
-        queue = Queue(
+        queue = self._new_queue(
             name,
-            self.name,
             durable=durable,
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete,
-            arguments=arguments,
+            arguments=arguments or {},
         )
-        self.queues[name] = queue
         if queue.persisted:
             queue.store = self.store
             self.store.put(_queue_record(queue))
         return queue
+
+    def _new_queue(
+        self,
+        name: str,
+        *,
+        durable: bool,
+        exclusive_owner: object | None,
+        auto_delete: bool,
+        arguments: Mapping[str, Any],
+    ) -> Queue:
+        """A queue of the class its arguments call for, registered in this vhost."""
+        kind = RuledQueue if needs_rules(arguments) else Queue
+        queue = kind(
+            name,
+            self.name,
+            durable=durable,
+            exclusive_owner=exclusive_owner,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        if isinstance(queue, RuledQueue):
+            queue.setup(self)
+        self.queues[name] = queue
+        return queue
+
+    def expire_queue(self, queue: Queue) -> None:
+        """x-expires: the queue went unused for its time; deleted as if by queue.delete."""
+        if self.queues.get(queue.name) is queue:
+            if queue.exclusive_owner is not None:
+                getattr(queue.exclusive_owner, "exclusive_queues", {}).pop(queue.name, None)
+            self.remove_queue(queue)
 
     def queue(self, name: str, owner: object) -> Queue:
         queue = self.queues.get(name)
@@ -368,18 +452,109 @@ class VHost:
                 visited.add(alternate)
                 self._route_into(alternate, message, found, visited)
 
+    # -- into queues ----------------------------------------------------------------
+
+    def enqueue(self, message: Message, queues: list[Queue], expiring: bool = False) -> int:
+        """Hands a routed message to its queues, storing it once first if it is persistent
+        and one of them is durable; returns ROUTED/STORED/REJECTED bits.
+
+        ``expiring``: the message has an ``expiration`` property; plain queues become
+        ruled queues to honour it.
+        """
+        if expiring:
+            queues = [promote(queue, self) for queue in queues]
+        result = 0
+        store_id = 0
+        for queue in queues:
+            if queue.store is not None and not store_id and message.properties.persistent:
+                store_id = self._store(message, queues, expiring)
+                result |= STORED
+            if queue.publish(message, False, store_id if queue.store is not None else 0) is None:
+                result |= REJECTED
+            result |= ROUTED
+        return result
+
+    def _store(self, message: Message, queues: list[Queue], expiring: bool) -> int:
+        """Writes a persistent message once for all the durable queues it goes to, with
+        its publish time when an expiry will count from it."""
+        timed = expiring or any(
+            queue.rules is not None and queue.rules.ttl is not None for queue in queues
+        )
+        return self.store.publish(
+            self.name,
+            [queue.name for queue in queues if queue.store is not None],
+            message.exchange,
+            message.routing_key,
+            message.properties.raw,
+            message.body,
+            int(self.clock.time() * 1000) if timed else 0,
+        )
+
+    def dead_letter(
+        self,
+        source: Queue,
+        entry: QueueEntry,
+        reason: str,
+        exchange_name: str,
+        routing_key: str | None,
+    ) -> None:
+        """Republishes a message leaving ``source`` to its dead-letter exchange, with
+        the x-death headers (:mod:`postoffice.core.deadletter`).  A missing exchange
+        drops the message, as in RabbitMQ."""
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            return
+        message = entry.message or self.page_in(entry)
+        properties = message.properties
+        headers = properties.headers
+        original_keys = [message.routing_key, *routing_keys_of((headers or {}).get("CC"))]
+        keys = [routing_key] if routing_key is not None else original_keys
+        new_headers = dead_letter_headers(
+            headers,
+            reason=reason,
+            queue=source.name,
+            exchange=message.exchange,
+            routing_keys=original_keys,
+            expiration=properties.expiration,
+            now=self.clock.time(),
+            drop_cc=routing_key is not None,
+        )
+        dead = Message(
+            exchange_name,
+            keys[0],
+            self.edit_properties(properties, {"headers": new_headers, "expiration": None}),
+            message.body,
+        )
+        found: dict[Queue, None] = dict.fromkeys(self.route(exchange, dead))
+        for key in keys[1:]:
+            probe = Message(exchange_name, key, dead.properties, dead.body)
+            found.update(dict.fromkeys(self.route(exchange, probe)))
+        targets = list(found)
+        if reason != "rejected":
+            targets = [queue for queue in targets if not is_cycle(new_headers, queue.name)]
+        if targets:
+            self.enqueue(dead, targets)
+
+    def edit_properties(self, properties: Properties, changes: dict[str, Any]) -> Properties:
+        if self._edit_properties is None:
+            raise InternalError("this broker was built without a properties editor")
+        return self._edit_properties(properties, changes)
+
     # -- paging -------------------------------------------------------------------
 
     def page_in(self, entry: QueueEntry) -> Message:
         """The entry's message, read back from the store if it was paged out."""
         message = entry.message
         if message is None:
-            if self._read_properties is None:
-                raise InternalError("this broker was built without a properties reader")
-            exchange, routing_key, properties, body = self.store.read(entry.store_id)
-            message = Message(exchange, routing_key, self._read_properties(properties), body)
-            entry.message = message
+            message = entry.message = self.page_in_id(entry.store_id)
         return message
+
+    def page_in_id(self, store_id: int) -> Message:
+        """The stored message ``store_id``, read back from the store."""
+        if self._read_properties is None:
+            raise InternalError("this broker was built without a properties reader")
+        exchange, routing_key, properties, body = self.store.read(store_id)
+        return Message(exchange, routing_key, self._read_properties(properties), body)
 
     # -- direct reply-to -----------------------------------------------------------
 
@@ -399,27 +574,33 @@ class VHost:
     # -- recovery ------------------------------------------------------------------
 
     def restore_exchange(self, record: ExchangeRecord) -> None:
-        if record.name not in self.exchanges and record.type in EXCHANGE_TYPES:
-            self.exchanges[record.name] = Exchange(
+        known = record.type in EXCHANGE_TYPES or record.type in PLUGIN_EXCHANGES
+        if record.name not in self.exchanges and known:
+            self._new_exchange(
                 record.name,
                 record.type,
-                durable=True,
-                auto_delete=record.auto_delete,
-                internal=record.internal,
-                arguments=record.arguments,
+                True,
+                record.auto_delete,
+                record.internal,
+                record.arguments,
             )
 
+    def internal_queue(self, kind: str, exchange: Exchange) -> QueueRecord:
+        """The store queue where a plugin exchange keeps its durable state."""
+        return QueueRecord(self.name, f"{INTERNAL_QUEUE_PREFIX}{kind}.{exchange.name}", False, {})
+
     def restore_queue(self, record: QueueRecord) -> None:
+        if record.name.startswith(INTERNAL_QUEUE_PREFIX):
+            return  # its exchange reads it back
         if record.name not in self.queues:
-            queue = Queue(
+            queue = self._new_queue(
                 record.name,
-                self.name,
                 durable=True,
+                exclusive_owner=None,
                 auto_delete=record.auto_delete,
                 arguments=record.arguments,
             )
             queue.store = self.store
-            self.queues[record.name] = queue
 
     def restore_binding(self, record: BindingRecord) -> None:
         source = self.exchanges.get(record.source)

@@ -309,6 +309,9 @@ class ServerChannel:
             )
             self.connection.schedule_flush()
 
+    def fail(self, error: AMQPError) -> None:
+        self.connection.fail_channel(error, self.number)
+
     def _send_content(self, method: amqp.Method, message: Message) -> None:
         connection = self.connection
         connection.out.append(amqp.encode_method_frame(self.number, method))
@@ -452,9 +455,7 @@ class ServerChannel:
         if got is None:
             self._reply(amqp.BasicGetEmpty())
             return
-        delivery_tag, entry, message_count = got
-        message = entry.message
-        assert message is not None  # Channel.get pages the message in
+        delivery_tag, entry, message, message_count = got
         self._send_content(
             amqp.BasicGetOk(
                 delivery_tag=delivery_tag,

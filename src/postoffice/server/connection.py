@@ -457,6 +457,10 @@ class AMQPConnection(asyncio.Protocol):
 
     # -- errors become frames here ---------------------------------------------------
 
+    def fail_channel(self, exc: AMQPError, number: int) -> None:
+        """Closes a channel (or the connection, for a hard error) for a broker-side reason."""
+        self._fail(exc, number, None)
+
     def _fail(self, exc: AMQPError, number: int, payload: bytes | None) -> None:
         if self.state is S.CLOSED:
             return

@@ -54,6 +54,7 @@ class Server:
             default_vhost=self.settings.default_vhost,
             edit_properties=_edit_properties,
             read_properties=BasicProperties,
+            consumer_timeout=self.settings.consumer_timeout,
         )
         self.connections: set[AMQPConnection] = set()
         self._servers: list[asyncio.Server] = []
@@ -63,10 +64,14 @@ class Server:
         self.alarm_reason = ""
         self._stop: asyncio.Event | None = None
         self.exit_code = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self.broker.timers.wakeup = self._arm_timer
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings
+        self._arm_timer()  # deadlines recovered with the queues (TTLs, x-expires...)
         ram = total_memory()
         if settings.memory_high_watermark < 1.0 and ram:
             limit = int(ram * settings.memory_high_watermark)
@@ -105,6 +110,31 @@ class Server:
             )
             self._servers.append(unix)
             log.info("listening for AMQP 0-9-1 on unix socket %s", settings.unix_socket)
+
+    # -- the core's deadlines ---------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        """One event-loop timer for the broker's earliest deadline (core/timers.py)."""
+        due = self.broker.timers.next_due()
+        if due == self._timer_due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_due = due
+        if due is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: start() arms it
+                delay = max(0.0, due - self.broker.clock.monotonic())
+                self._timer = asyncio.get_running_loop().call_later(delay, self._run_timers)
+
+    def _run_timers(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        try:
+            self.broker.timers.run_due()
+        except Exception:
+            log.exception("a scheduled broker task failed")
+        self._arm_timer()
 
     # -- group commit ----------------------------------------------------------------
 
@@ -149,6 +179,8 @@ class Server:
 
     async def stop(self) -> None:
         """Stops accepting, sends 320 CONNECTION_FORCED to every client, waits for them, closes."""
+        if self._timer is not None:
+            self._timer.cancel()
         for alarm in self._alarms:
             alarm.stop()
         for server in self._servers:

@@ -18,6 +18,8 @@ class FakeProperties:
     delivery_mode: int | None = None
     reply_to: str | None = None
     user_id: str | None = None
+    priority: int | None = None
+    expiration: str | None = None
     raw: bytes = b""
 
     @property
@@ -27,7 +29,13 @@ class FakeProperties:
     @property
     def inspect_on_publish(self) -> bool:
         headers = self.headers or {}
-        return bool(self.reply_to or self.user_id or "CC" in headers or "BCC" in headers)
+        return bool(
+            self.reply_to
+            or self.user_id
+            or self.expiration is not None
+            or "CC" in headers
+            or "BCC" in headers
+        )
 
     def replace(self, **changes: Any) -> FakeProperties:
         return dataclasses.replace(self, **changes)
@@ -67,6 +75,9 @@ class RecordingSink:
 
     def consumer_cancelled(self, consumer_tag: str) -> None:
         self.events.append(("cancelled", consumer_tag))
+
+    def fail(self, error: Any) -> None:
+        self.events.append(("failed", error.reply_code, error.text))
 
     # -- views -----------------------------------------------------------------
 

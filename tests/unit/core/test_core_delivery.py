@@ -57,7 +57,7 @@ def waiting(queue: Queue) -> list[bytes]:
 def get_all(channel: Channel, queue: str) -> list[tuple[int, bytes, bool]]:
     got = []
     while (result := channel.get(queue, no_ack=False)) is not None:
-        tag, entry, _ = result
+        tag, entry, _, _ = result
         got.append((tag, entry.message.body, entry.redelivered))
     return got
 
@@ -532,17 +532,17 @@ def test_basic_get(pair: tuple[Channel, RecordingSink]) -> None:
     fill(channel, "q", 3)
     result = channel.get("q", no_ack=False)
     assert result is not None
-    tag, entry, left = result
+    tag, entry, _, left = result
     assert (tag, entry.message.body, entry.redelivered, left) == (1, b"m0", False, 2)
     result = channel.get("q", no_ack=True)
-    assert result is not None and result[0] == 2 and result[2] == 1
+    assert result is not None and result[0] == 2 and result[3] == 1
     assert sorted(channel.unacked) == [1]
     with raises(PreconditionFailed, "unknown delivery tag 2"):
         channel.ack(2, False)
     channel.reject(1, True)
     result = channel.get("q", no_ack=True)
     assert result is not None
-    assert (result[0], result[1].message.body, result[1].redelivered, result[2]) == (
+    assert (result[0], result[1].message.body, result[1].redelivered, result[3]) == (
         3,
         b"m0",
         True,

@@ -196,7 +196,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert result is None
             return
         assert result is not None
-        tag, entry, left = result
+        tag, entry, _, left = result
         message = int(entry.message.body)
         assert message == min(self.waiting)
         assert tag == self.next_tag

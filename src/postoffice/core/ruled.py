@@ -1,0 +1,591 @@
+"""Queues with rules: priorities, expiry, bounds, dead letters, delivery limits, one active consumer.
+
+A :class:`RuledQueue` is a :class:`~postoffice.core.queue.Queue` declared with any
+of RabbitMQ's queue arguments for these features (or a plain queue that received a
+message with a per-message TTL, promoted in place).  Plain queues never run this
+code, so they pay nothing for it.
+
+Theory of operation:
+
+* Waiting entries live in one deque per priority level (one deque without
+  ``x-max-priority``), each in ``seq`` order; the next delivery is the head of the
+  highest non-empty level.
+* An entry leaves early (expired, or dropped by ``drop-head``) by being marked gone;
+  it stays in its deque until it reaches the head or the deques are compacted, and
+  ``ready``/``ready_bytes`` count only live ones.
+* Expiry: entries with a deadline sit in a heap; one timer, armed for the earliest
+  deadline, dead-letters every entry due, wherever it is in the queue (RabbitMQ only
+  expires messages at the head).  Delivery checks the deadline too, so an expired
+  message is never delivered.
+* Returns (nack/reject with requeue, a channel closing with unacked deliveries) count
+  per entry; past ``x-delivery-limit`` the entry is dead-lettered instead.  The count
+  shows as the ``x-delivery-count`` header on redeliveries, and survives restarts
+  (the store counts deliveries).
+* Dead letters are republished through the vhost (:meth:`VHost.dead_letter`), the
+  new copy stored before the old one is settled, so a crash in between leaves a
+  duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .deadletter import Long, parse_expiration
+from .dedup import QueueDeduplication
+from .message import Message, QueueEntry
+from .queue import PAGE_OUT_DEPTH, Queue
+
+if TYPE_CHECKING:
+    from .channel import Consumer
+    from .timers import Timer
+    from .vhost import VHost
+
+__all__ = ["RULE_ARGUMENTS", "RuledEntry", "RuledQueue", "needs_rules", "promote"]
+
+# The queue arguments that make a queue a RuledQueue.
+RULE_ARGUMENTS = frozenset(
+    {
+        "x-max-priority",
+        "x-message-ttl",
+        "x-expires",
+        "x-dead-letter-exchange",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-delivery-limit",
+        "x-single-active-consumer",
+        "x-message-deduplication",
+    }
+)
+
+
+def needs_rules(arguments: Mapping[str, Any]) -> bool:
+    """Whether a queue with these arguments is a RuledQueue (quorum queues always are:
+    they count returns)."""
+    return (
+        not RULE_ARGUMENTS.isdisjoint(arguments) or _text(arguments.get("x-queue-type")) == "quorum"
+    )
+
+
+WAITING, OUT, GONE = 0, 1, 2
+
+# Gone entries left in the deques are swept out once there are this many and more
+# of them than live ones.
+_COMPACT_AFTER = 1024
+
+
+class RuledEntry(QueueEntry):
+    """A queue entry with what the rules need: its deadline (monotonic seconds, 0 for
+    none), priority level, body size, returns so far, and whether it waits, is out
+    with a consumer, or is gone."""
+
+    __slots__ = ("deadline", "level", "returns", "size", "state")
+
+    def __init__(
+        self,
+        seq: int,
+        message: Message | None,
+        redelivered: bool,
+        store_id: int,
+        deadline: float,
+        level: int,
+        size: int,
+        returns: int = 0,
+    ) -> None:
+        super().__init__(seq, message, redelivered, store_id)
+        self.deadline = deadline
+        self.level = level
+        self.size = size
+        self.returns = returns
+        self.state = WAITING
+
+
+class Rules:
+    """A ruled queue's settings (from its arguments) and state."""
+
+    __slots__ = (
+        "count_returns",
+        "dead_letter_exchange",
+        "dead_letter_routing_key",
+        "dedup",
+        "delivery_limit",
+        "expires",
+        "expires_timer",
+        "expiring",
+        "expiry_timer",
+        "gone",
+        "host",
+        "last_used",
+        "levels",
+        "max_bytes",
+        "max_length",
+        "max_priority",
+        "overflow",
+        "ready",
+        "ready_bytes",
+        "single_active",
+        "ttl",
+    )
+
+    def __init__(self, host: VHost, arguments: Mapping[str, Any]) -> None:
+        self.host = host
+        self.max_priority = _int(arguments.get("x-max-priority")) or 0
+        self.levels: list[deque[RuledEntry]] = [deque() for _ in range(self.max_priority + 1)]
+        self.ready = 0
+        self.ready_bytes = 0
+        self.gone = 0
+        self.ttl = _int(arguments.get("x-message-ttl"))  # ms, or None
+        self.expiring: list[tuple[float, int, RuledEntry]] = []
+        self.expiry_timer: Timer | None = None
+        self.expires = _int(arguments.get("x-expires"))  # ms, or None
+        self.expires_timer: Timer | None = None
+        self.last_used = host.clock.monotonic()
+        dlx = arguments.get("x-dead-letter-exchange")
+        self.dead_letter_exchange = _text(dlx)
+        self.dead_letter_routing_key = _text(arguments.get("x-dead-letter-routing-key"))
+        self.max_length = _int(arguments.get("x-max-length"))
+        self.max_bytes = _int(arguments.get("x-max-length-bytes"))
+        self.overflow = _text(arguments.get("x-overflow")) or "drop-head"
+        self.delivery_limit = _int(arguments.get("x-delivery-limit"))
+        quorum = _text(arguments.get("x-queue-type")) == "quorum"
+        # Quorum queues show x-delivery-count on redeliveries; so does any queue with a limit.
+        self.count_returns = quorum or self.delivery_limit is not None
+        self.single_active = arguments.get("x-single-active-consumer") is True
+        # x-message-deduplication: the keys of the messages in line (core/dedup.py).
+        self.dedup = QueueDeduplication(arguments) if QueueDeduplication.wanted(arguments) else None
+
+
+class RuledQueue(Queue):
+    __slots__ = ()
+
+    rules: Rules
+
+    def setup(self, host: VHost) -> None:
+        """Reads the rules from the queue's arguments; call once, after construction."""
+        self.rules = Rules(host, self.arguments)
+        if self.rules.expires is not None:
+            self._arm_expires()
+
+    # -- counts --------------------------------------------------------------------
+
+    @property
+    def message_count(self) -> int:
+        return self.rules.ready
+
+    # -- messages in ---------------------------------------------------------------
+
+    def publish(
+        self, message: Message, redelivered: bool = False, store_id: int = 0
+    ) -> QueueEntry | None:
+        """Enqueues (or delivers at once) a new message; None when the queue refused it
+        (x-overflow reject-publish and the queue is full)."""
+        rules = self.rules
+        properties = message.properties
+        level = 0
+        if rules.max_priority:
+            priority = properties.priority
+            if priority:
+                level = min(priority, rules.max_priority)
+        ttl = rules.ttl
+        expiration = properties.expiration
+        if expiration is not None:
+            per_message = parse_expiration(expiration)
+            ttl = per_message if ttl is None else min(ttl, per_message)
+        deadline = 0.0
+        if ttl is not None:
+            deadline = rules.host.clock.monotonic() + ttl / 1000
+        size = len(message.body)
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        entry = RuledEntry(seq, message, redelivered, store_id, deadline, level, size)
+        if rules.dedup is not None and not rules.dedup.admit(message):
+            entry.state = GONE  # a duplicate of a message in line: dropped, still confirmed
+            self.settle((entry,))
+            return entry
+        if rules.overflow != "drop-head" and self._full_for(size):
+            entry.state = GONE
+            if rules.overflow == "reject-publish-dlx":
+                self._dead_letter([entry], "maxlen")
+            else:
+                self.settle((entry,))
+            return None
+        if not rules.ready and self._consumers:
+            consumer = self._ready_consumer()
+            if consumer is not None:
+                self._hand(consumer, entry)
+                return entry
+        if ttl == 0:
+            # As RabbitMQ: a message with TTL 0 goes only to a consumer that can take it now.
+            entry.state = GONE
+            self._dead_letter([entry], "expired")
+            return entry
+        self._append(entry)
+        if deadline:
+            self._expire_at(entry)
+        self._drop_overflow()
+        return entry
+
+    def restore(self, store_id: int, deliveries: int, time: int) -> None:
+        """A stored message back in line at start-up; its expiry counts from ``time``
+        (epoch ms when it was published; 0 when unknown: counted from now)."""
+        rules = self.rules
+        host = rules.host
+        message = host.page_in_id(store_id)
+        properties = message.properties
+        level = 0
+        if rules.max_priority and properties.priority:
+            level = min(properties.priority or 0, rules.max_priority)
+        ttl = rules.ttl
+        expiration = properties.expiration
+        if expiration is not None:
+            try:
+                per_message = parse_expiration(expiration)
+            except Exception:  # checked at publish; a stored value is always valid
+                per_message = None
+            if per_message is not None:
+                ttl = per_message if ttl is None else min(ttl, per_message)
+        deadline = 0.0
+        if ttl is not None:
+            clock = host.clock
+            age = max(0.0, clock.time() - time / 1000) if time else 0.0
+            deadline = clock.monotonic() + ttl / 1000 - age
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        entry = RuledEntry(
+            seq, None, deliveries > 0, store_id, deadline, level, len(message.body), deliveries
+        )
+        if rules.dedup is not None:
+            rules.dedup.admit(message)  # the window of a restarted queue: what is in line
+        self._append(entry)
+        if deadline:
+            self._expire_at(entry)
+
+    def _append(self, entry: RuledEntry) -> None:
+        rules = self.rules
+        if entry.store_id and rules.ready >= PAGE_OUT_DEPTH:
+            entry.message = None  # the store has it; read it back when its turn comes
+        rules.levels[entry.level].append(entry)
+        rules.ready += 1
+        rules.ready_bytes += entry.size
+
+    def requeue(self, entries: Iterable[QueueEntry]) -> None:
+        """Delivered entries come back: to their place in line, or dead-lettered when
+        past the delivery limit or their deadline."""
+        if self.deleted:
+            return
+        rules = self.rules
+        back: list[RuledEntry] = []
+        over_limit: list[RuledEntry] = []
+        expired: list[RuledEntry] = []
+        now = rules.host.clock.monotonic()
+        for item in sorted(entries, key=_by_seq):
+            entry = item if isinstance(item, RuledEntry) else self._adopt(item)
+            entry.returns += 1
+            entry.redelivered = True
+            if rules.delivery_limit is not None and entry.returns > rules.delivery_limit:
+                over_limit.append(entry)
+            elif entry.deadline and entry.deadline <= now:
+                expired.append(entry)
+            else:
+                back.append(entry)
+        for entry in over_limit + expired:
+            entry.state = GONE
+        if over_limit:
+            self._dead_letter(over_limit, "delivery_limit")
+        if expired:
+            self._dead_letter(expired, "expired")
+        by_level: dict[int, list[RuledEntry]] = {}
+        for entry in back:
+            entry.state = WAITING
+            rules.ready += 1
+            rules.ready_bytes += entry.size
+            by_level.setdefault(entry.level, []).append(entry)
+            if entry.deadline:
+                self._expire_at(entry)
+        for level, returned in by_level.items():
+            _merge(rules.levels[level], returned)
+        self._drop_overflow()
+        self.dispatch()
+
+    def _adopt(self, entry: QueueEntry) -> RuledEntry:
+        """A plain entry delivered before this queue was promoted, now coming back."""
+        message = entry.message
+        size = len(message.body) if message is not None else 0
+        return RuledEntry(entry.seq, message, entry.redelivered, entry.store_id, 0.0, 0, size)
+
+    # -- messages out --------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        rules = self.rules
+        while rules.ready and self._consumers:
+            consumer = self._ready_consumer()
+            if consumer is None:
+                return
+            entry = self._next()
+            if entry is None:
+                return
+            self._hand(consumer, entry)
+
+    def _next(self) -> RuledEntry | None:
+        """Takes the next live entry out of line; expired ones met on the way are
+        dead-lettered."""
+        rules = self.rules
+        now = 0.0
+        for level in reversed(rules.levels):
+            while level:
+                entry = level.popleft()
+                if entry.state != WAITING:
+                    rules.gone -= 1
+                    continue
+                rules.ready -= 1
+                rules.ready_bytes -= entry.size
+                if entry.deadline:
+                    now = now or rules.host.clock.monotonic()
+                    if entry.deadline <= now:
+                        entry.state = GONE
+                        self._dead_letter([entry], "expired")
+                        continue
+                entry.state = OUT
+                return entry
+        return None
+
+    def _hand(self, consumer: Consumer, entry: RuledEntry) -> None:
+        entry.state = OUT
+        if self.rules.dedup is not None:
+            self._release_keys([entry])
+        if entry.returns and self.rules.count_returns:
+            message = entry.message or self.rules.host.page_in(entry)
+            consumer.channel.deliver(consumer, entry, self.outgoing(entry, message))
+        else:
+            consumer.deliver(entry)
+
+    def outgoing(self, entry: QueueEntry, message: Message) -> Message:
+        rules = self.rules
+        if not rules.count_returns or not isinstance(entry, RuledEntry):
+            return message
+        headers = dict(message.properties.headers or {})
+        headers["x-delivery-count"] = Long(entry.returns)
+        properties = rules.host.edit_properties(message.properties, {"headers": headers})
+        return Message(message.exchange, message.routing_key, properties, message.body)
+
+    def get(self) -> QueueEntry | None:
+        self.touch()
+        return self._next()
+
+    def purge(self) -> int:
+        rules = self.rules
+        count = rules.ready
+        waiting = [e for level in rules.levels for e in level if e.state == WAITING]
+        for entry in waiting:
+            entry.state = GONE
+        if rules.dedup is not None:
+            self._release_keys(waiting)
+        self.settle(waiting)
+        for level in rules.levels:
+            level.clear()
+        rules.ready = rules.ready_bytes = rules.gone = 0
+        rules.expiring.clear()
+        if rules.expiry_timer is not None:
+            rules.expiry_timer.cancel()
+            rules.expiry_timer = None
+        return count
+
+    def reject(self, entries: Iterable[QueueEntry]) -> None:
+        rejected = [e if isinstance(e, RuledEntry) else self._adopt(e) for e in entries]
+        self._dead_letter(rejected, "rejected")
+
+    def _release_keys(self, entries: Iterable[RuledEntry]) -> None:
+        """These entries left the line: their de-duplication keys may come again."""
+        dedup = self.rules.dedup
+        assert dedup is not None
+        host = self.rules.host
+        for entry in entries:
+            dedup.release(entry.message or host.page_in(entry))
+
+    # -- consumers -----------------------------------------------------------------
+
+    def _ready_consumer(self) -> Consumer | None:
+        if self.rules.single_active:
+            # x-single-active-consumer: the first registered consumer gets everything.
+            active = self._consumers[0]
+            return active if active.ready() else None
+        return super()._ready_consumer()
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        super().add_consumer(consumer)
+        self.touch()
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        was_active = bool(self._consumers) and self._consumers[0] is consumer
+        super().remove_consumer(consumer)
+        self.touch()
+        if was_active and self.rules.single_active:
+            self.dispatch()  # the next consumer in line takes over
+
+    # -- expiry of messages ---------------------------------------------------------
+
+    def _expire_at(self, entry: RuledEntry) -> None:
+        rules = self.rules
+        heap = rules.expiring
+        heapq.heappush(heap, (entry.deadline, entry.seq, entry))
+        timer = rules.expiry_timer
+        if timer is None or entry.deadline < timer.when:
+            if timer is not None:
+                timer.cancel()
+            rules.expiry_timer = rules.host.timers.call_at(entry.deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        rules = self.rules
+        rules.expiry_timer = None
+        if self.deleted:
+            return
+        heap = rules.expiring
+        now = rules.host.clock.monotonic()
+        due: list[RuledEntry] = []
+        while heap and heap[0][0] <= now:
+            deadline, _, entry = heapq.heappop(heap)
+            if entry.state == WAITING and entry.deadline == deadline:
+                entry.state = GONE
+                rules.ready -= 1
+                rules.ready_bytes -= entry.size
+                rules.gone += 1
+                due.append(entry)
+        if due:
+            self._dead_letter(due, "expired")
+            self._sweep()
+        if heap and rules.expiry_timer is None:
+            rules.expiry_timer = rules.host.timers.call_at(heap[0][0], self._expire_due)
+
+    def _sweep(self) -> None:
+        """Drops gone entries from the heads of the deques, and from everywhere when
+        they have piled up."""
+        rules = self.rules
+        for level in rules.levels:
+            while level and level[0].state != WAITING:
+                level.popleft()
+                rules.gone -= 1
+        if rules.gone > _COMPACT_AFTER and rules.gone > rules.ready:
+            for index, level in enumerate(rules.levels):
+                rules.levels[index] = deque(e for e in level if e.state == WAITING)
+            rules.gone = 0
+
+    # -- bounds --------------------------------------------------------------------
+
+    def _full_for(self, size: int) -> bool:
+        rules = self.rules
+        return (rules.max_length is not None and rules.ready + 1 > rules.max_length) or (
+            rules.max_bytes is not None and rules.ready_bytes + size > rules.max_bytes
+        )
+
+    def _drop_overflow(self) -> None:
+        """drop-head: while over a bound, the head of the queue is dead-lettered (maxlen)."""
+        rules = self.rules
+        if rules.overflow != "drop-head" or (rules.max_length is None and rules.max_bytes is None):
+            return
+        dropped: list[RuledEntry] = []
+        while rules.ready and (
+            (rules.max_length is not None and rules.ready > rules.max_length)
+            or (rules.max_bytes is not None and rules.ready_bytes > rules.max_bytes)
+        ):
+            entry = self._head()
+            entry.state = GONE
+            rules.ready -= 1
+            rules.ready_bytes -= entry.size
+            rules.gone += 1
+            dropped.append(entry)
+        if dropped:
+            self._dead_letter(dropped, "maxlen")
+            self._sweep()
+
+    def _head(self) -> RuledEntry:
+        for level in reversed(self.rules.levels):
+            for entry in level:
+                if entry.state == WAITING:
+                    return entry
+        raise AssertionError("ready count says an entry waits")
+
+    # -- dead letters --------------------------------------------------------------
+
+    def _dead_letter(self, entries: list[RuledEntry], reason: str) -> None:
+        """Republishes these entries to the dead-letter exchange (if any), then settles them."""
+        rules = self.rules
+        if rules.dedup is not None:
+            self._release_keys(entries)
+        if rules.dead_letter_exchange is not None and not self.deleted:
+            for entry in entries:
+                rules.host.dead_letter(
+                    self,
+                    entry,
+                    reason,
+                    rules.dead_letter_exchange,
+                    rules.dead_letter_routing_key,
+                )
+        self.settle(entries)
+
+    # -- queue expiry (x-expires) -----------------------------------------------------
+
+    def touch(self) -> None:
+        self.rules.last_used = self.rules.host.clock.monotonic()
+
+    def _arm_expires(self) -> None:
+        rules = self.rules
+        assert rules.expires is not None
+        rules.expires_timer = rules.host.timers.call_at(
+            rules.last_used + rules.expires / 1000, self._expires_due
+        )
+
+    def _expires_due(self) -> None:
+        rules = self.rules
+        if self.deleted or rules.expires is None:
+            return
+        if self._consumers:
+            self.touch()
+        elif rules.host.clock.monotonic() >= rules.last_used + rules.expires / 1000:
+            rules.host.expire_queue(self)
+            return
+        self._arm_expires()
+
+
+def promote(queue: Queue, host: VHost) -> RuledQueue:
+    """Turns a plain queue into a ruled one in place (a message with a per-message TTL
+    arrived).  The two classes share one memory layout, so ``__class__`` can change;
+    waiting entries move into the ruled queue's line."""
+    if isinstance(queue, RuledQueue):
+        return queue
+    waiting = list(queue.messages)
+    queue.messages.clear()
+    queue.__class__ = RuledQueue
+    ruled: RuledQueue = queue  # type: ignore[assignment]
+    ruled.setup(host)
+    for old in waiting:
+        size = len(old.message.body) if old.message is not None else 0
+        ruled._append(RuledEntry(old.seq, old.message, old.redelivered, old.store_id, 0.0, 0, size))
+    return ruled
+
+
+def _merge(line: deque[RuledEntry], returned: list[RuledEntry]) -> None:
+    """Puts returned entries (in seq order) back into ``line`` at their places."""
+    if not line or returned[-1].seq < line[0].seq:
+        line.extendleft(reversed(returned))
+    elif returned[0].seq > line[-1].seq:
+        line.extend(returned)
+    else:
+        merged = sorted([*line, *returned], key=_by_seq)
+        line.clear()
+        line.extend(merged)
+
+
+def _by_seq(entry: QueueEntry) -> int:
+    return entry.seq
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
