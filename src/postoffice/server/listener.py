@@ -72,6 +72,8 @@ class Server:
         loop = asyncio.get_running_loop()
         settings = self.settings
         self._arm_timer()  # deadlines recovered with the queues (TTLs, x-expires...)
+        if self.store_flush_pending:
+            loop.call_soon(self._scheduled_store_flush)
         ram = total_memory()
         if settings.memory_high_watermark < 1.0 and ram:
             limit = int(ram * settings.memory_high_watermark)
@@ -143,7 +145,11 @@ class Server:
         every publish and declare of the turn shares one write and one fsync."""
         if not self.store_flush_pending:
             self.store_flush_pending = True
-            asyncio.get_running_loop().call_soon(self._scheduled_store_flush)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # recovery, before the loop runs: start() flushes it
+                return
+            loop.call_soon(self._scheduled_store_flush)
 
     def _scheduled_store_flush(self) -> None:
         if self.store_flush_pending:  # a connection may have flushed it already
