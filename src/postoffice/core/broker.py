@@ -13,6 +13,7 @@ from .clock import Clock, SystemClock
 from .connection import Connection
 from .message import Properties
 from .queue import Queue
+from .ruled import promote
 from .timers import Timers
 from .vhost import VHost
 
@@ -63,8 +64,11 @@ class Broker:
 
     def _recover_messages(self, queue: Queue) -> None:
         """Puts a durable queue's stored messages back in line, as they were, paged out:
-        their bodies stay on disk until they are delivered."""
+        their bodies stay on disk until they are delivered.  A message stored with a
+        time had a TTL: a plain queue becomes a ruled one to expire it."""
         for message_id, deliveries, time in self.store.index(queue.vhost, queue.name):
+            if time and queue.rules is None:
+                queue = promote(queue, self.vhosts[queue.vhost])
             queue.restore(message_id, deliveries, time)
 
     def _vhost_for_recovery(self, name: str) -> VHost:

@@ -229,35 +229,43 @@ class RuledQueue(Queue):
 
     def restore(self, store_id: int, deliveries: int, time: int) -> None:
         """A stored message back in line at start-up; its expiry counts from ``time``
-        (epoch ms when it was published; 0 when unknown: counted from now)."""
+        (epoch ms when it was published; 0 when it had no TTL).
+
+        The message is read back only when a rule needs it (priority, expiry, size,
+        de-duplication); otherwise the entry stays paged out, body on disk.
+        """
         rules = self.rules
         host = rules.host
-        message = host.page_in_id(store_id)
-        properties = message.properties
         level = 0
-        if rules.max_priority and properties.priority:
-            level = min(properties.priority or 0, rules.max_priority)
-        ttl = rules.ttl
-        expiration = properties.expiration
-        if expiration is not None:
-            try:
-                per_message = parse_expiration(expiration)
-            except Exception:  # checked at publish; a stored value is always valid
-                per_message = None
-            if per_message is not None:
-                ttl = per_message if ttl is None else min(ttl, per_message)
+        size = 0
         deadline = 0.0
-        if ttl is not None:
-            clock = host.clock
-            age = max(0.0, clock.time() - time / 1000) if time else 0.0
-            deadline = clock.monotonic() + ttl / 1000 - age
+        needs_message = (
+            rules.max_priority
+            or rules.dedup is not None
+            or rules.max_bytes is not None
+            or time
+            or rules.ttl is not None
+        )
+        if needs_message:
+            message = host.page_in_id(store_id)
+            properties = message.properties
+            size = len(message.body)
+            if rules.max_priority and properties.priority:
+                level = min(properties.priority, rules.max_priority)
+            ttl = rules.ttl
+            expiration = properties.expiration
+            if expiration is not None:
+                per_message = parse_expiration(expiration)  # was checked at publish
+                ttl = per_message if ttl is None else min(ttl, per_message)
+            if ttl is not None:
+                clock = host.clock
+                age = max(0.0, clock.time() - time / 1000) if time else 0.0
+                deadline = clock.monotonic() + ttl / 1000 - age
+            if rules.dedup is not None:
+                rules.dedup.admit(message)  # the window of a restarted queue: what is in line
         seq = self._next_seq
         self._next_seq = seq + 1
-        entry = RuledEntry(
-            seq, None, deliveries > 0, store_id, deadline, level, len(message.body), deliveries
-        )
-        if rules.dedup is not None:
-            rules.dedup.admit(message)  # the window of a restarted queue: what is in line
+        entry = RuledEntry(seq, None, deliveries > 0, store_id, deadline, level, size, deliveries)
         self._append(entry)
         if deadline:
             self._expire_at(entry)
