@@ -64,10 +64,16 @@ class AckTimeouts:
         shortest = self.default_ms or None
         for connection in list(self.broker.connections):
             for channel in list(connection.channels.values()):
-                if channel.unacked and not channel.closed:
+                if channel.closed:
+                    continue
+                if channel.unacked:
                     used = check_channel(channel, now, self.default_ms)
-                    if used is not None and (shortest is None or used < shortest):
-                        shortest = used
+                else:
+                    # Nothing out now, but a consumer's own timeout needs checks to go
+                    # on for the deliveries still to come.
+                    used = shortest_timeout(channel, self.default_ms)
+                if used is not None and (shortest is None or used < shortest):
+                    shortest = used
         if shortest is not None:
             self.watch(shortest)
 
@@ -91,16 +97,22 @@ def effective_timeout(
     return default_ms or None
 
 
-def check_channel(channel: Channel, now: float, default_ms: int) -> int | None:
-    """Marks the channel, and fails it if one of its deliveries is overdue.
-
-    Returns the shortest timeout (ms) that applies on the channel, or None.
-    """
+def shortest_timeout(channel: Channel, default_ms: int) -> int | None:
+    """The shortest ack timeout (ms) of the channel's consumers and the default; None for none."""
     floor = default_ms or None
     for active in channel.consumers.values():
         timeout = effective_timeout(active, active.queue, default_ms)
         if timeout is not None and (floor is None or timeout < floor):
             floor = timeout
+    return floor
+
+
+def check_channel(channel: Channel, now: float, default_ms: int) -> int | None:
+    """Marks the channel, and fails it if one of its deliveries is overdue.
+
+    Returns the shortest timeout (ms) that applies on the channel, or None.
+    """
+    floor = shortest_timeout(channel, default_ms)
     marks: deque[tuple[float, int]] = channel.ack_marks
     next_tag = channel.next_delivery_tag
     if not marks or marks[-1][1] != next_tag:

@@ -319,8 +319,8 @@ class Channel:
         message = queue.outgoing(entry, entry.message or self.vhost.page_in(entry))
         if entry.store_id:
             queue.delivered(entry)
-            if no_ack:
-                queue.settle((entry,))
+        if no_ack and (entry.store_id or queue.rules is not None):
+            queue.settle((entry,))
         if not no_ack:
             self.unacked[tag] = (entry, queue, None)
         return tag, entry, message, queue.message_count
@@ -409,7 +409,8 @@ class Channel:
                 self.unacked_count -= 1
                 if consumer.queue is not None:
                     kicked[consumer.queue] = None
-            if queue is not None and (how or entry.store_id):
+            # Acks of transient messages concern only ruled queues (de-duplication keys).
+            if queue is not None and (how or entry.store_id or queue.rules is not None):
                 settled.setdefault(queue, []).append(entry)
         for queue, entries in settled.items():
             if how == REQUEUED:

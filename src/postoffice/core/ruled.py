@@ -154,7 +154,11 @@ class Rules:
         self.count_returns = quorum or self.delivery_limit is not None
         self.single_active = arguments.get("x-single-active-consumer") is True
         # x-message-deduplication: the keys of the messages in line (core/dedup.py).
-        self.dedup = QueueDeduplication(arguments) if QueueDeduplication.wanted(arguments) else None
+        self.dedup = (
+            QueueDeduplication(arguments, host.clock)
+            if QueueDeduplication.wanted(arguments)
+            else None
+        )
 
 
 class RuledQueue(Queue):
@@ -200,17 +204,19 @@ class RuledQueue(Queue):
         seq = self._next_seq
         self._next_seq = seq + 1
         entry = RuledEntry(seq, message, redelivered, store_id, deadline, level, size)
-        if rules.dedup is not None and not rules.dedup.admit(message):
-            entry.state = GONE  # a duplicate of a message in line: dropped, still confirmed
-            self.settle((entry,))
-            return entry
         if rules.overflow != "drop-head" and self._full_for(size):
             entry.state = GONE
             if rules.overflow == "reject-publish-dlx":
-                self._dead_letter([entry], "maxlen")
+                self._dead_letter([entry], "maxlen", admitted=False)
             else:
-                self.settle((entry,))
+                Queue.settle(self, (entry,))
             return None
+        if rules.dedup is not None and not rules.dedup.admit(message):
+            # A duplicate of a message in the queue: dropped; a confirming publisher
+            # still gets its ack (the plugin nacks; docs/compatibility.md).
+            entry.state = GONE
+            Queue.settle(self, (entry,))
+            return entry
         if not rules.ready and self._consumers:
             consumer = self._ready_consumer()
             if consumer is not None:
@@ -361,8 +367,8 @@ class RuledQueue(Queue):
 
     def _hand(self, consumer: Consumer, entry: RuledEntry) -> None:
         entry.state = OUT
-        if self.rules.dedup is not None:
-            self._release_keys([entry])
+        if consumer.no_ack and not entry.store_id and self.rules.dedup is not None:
+            self._release_keys([entry])  # gone as it leaves (a stored one is settled)
         if entry.returns and self.rules.count_returns:
             message = entry.message or self.rules.host.page_in(entry)
             consumer.channel.deliver(consumer, entry, self.outgoing(entry, message))
@@ -371,8 +377,8 @@ class RuledQueue(Queue):
 
     def outgoing(self, entry: QueueEntry, message: Message) -> Message:
         rules = self.rules
-        if not rules.count_returns or not isinstance(entry, RuledEntry):
-            return message
+        if not rules.count_returns or not isinstance(entry, RuledEntry) or not entry.returns:
+            return message  # as RabbitMQ: x-delivery-count only on redeliveries
         headers = dict(message.properties.headers or {})
         headers["x-delivery-count"] = Long(entry.returns)
         properties = rules.host.edit_properties(message.properties, {"headers": headers})
@@ -388,8 +394,6 @@ class RuledQueue(Queue):
         waiting = [e for level in rules.levels for e in level if e.state == WAITING]
         for entry in waiting:
             entry.state = GONE
-        if rules.dedup is not None:
-            self._release_keys(waiting)
         self.settle(waiting)
         for level in rules.levels:
             level.clear()
@@ -404,7 +408,15 @@ class RuledQueue(Queue):
         rejected = [e if isinstance(e, RuledEntry) else self._adopt(e) for e in entries]
         self._dead_letter(rejected, "rejected")
 
-    def _release_keys(self, entries: Iterable[RuledEntry]) -> None:
+    def settle(self, entries: Iterable[QueueEntry]) -> None:
+        """These entries left the queue for good: with de-duplication their keys may
+        come again (as the plugin: on ack, reject or expiry; a requeue keeps the key)."""
+        if self.rules.dedup is not None:
+            entries = list(entries)
+            self._release_keys(entries)
+        super().settle(entries)
+
+    def _release_keys(self, entries: Iterable[QueueEntry]) -> None:
         """These entries left the line: their de-duplication keys may come again."""
         dedup = self.rules.dedup
         assert dedup is not None
@@ -430,6 +442,10 @@ class RuledQueue(Queue):
         super().remove_consumer(consumer)
         self.touch()
         if was_active and self.rules.single_active:
+            if consumer.channel.closed and consumer.unacked:
+                # The closing channel requeues these next, then dispatches: the new
+                # active consumer sees them first, in queue order, as in RabbitMQ.
+                return
             self.dispatch()  # the next consumer in line takes over
 
     # -- expiry of messages ---------------------------------------------------------
@@ -516,11 +532,10 @@ class RuledQueue(Queue):
 
     # -- dead letters --------------------------------------------------------------
 
-    def _dead_letter(self, entries: list[RuledEntry], reason: str) -> None:
-        """Republishes these entries to the dead-letter exchange (if any), then settles them."""
+    def _dead_letter(self, entries: list[RuledEntry], reason: str, admitted: bool = True) -> None:
+        """Republishes these entries to the dead-letter exchange (if any), then settles
+        them; ``admitted``: they were in the queue (not refused at its door)."""
         rules = self.rules
-        if rules.dedup is not None:
-            self._release_keys(entries)
         if rules.dead_letter_exchange is not None and not self.deleted:
             for entry in entries:
                 rules.host.dead_letter(
@@ -530,7 +545,10 @@ class RuledQueue(Queue):
                     rules.dead_letter_exchange,
                     rules.dead_letter_routing_key,
                 )
-        self.settle(entries)
+        if admitted:
+            self.settle(entries)
+        else:
+            Queue.settle(self, entries)
 
     # -- queue expiry (x-expires) -----------------------------------------------------
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from postoffice.core import Broker, Channel, Connection, Message
+from postoffice.core.clock import Clock
 from postoffice.store import MemoryStore
 
 
@@ -103,9 +104,17 @@ def edit_properties(properties: Any, changes: dict[str, Any]) -> Any:
     return properties.replace(**changes)
 
 
-def make_broker(store: MemoryStore | None = None) -> Broker:
+def make_broker(
+    store: MemoryStore | None = None,
+    *,
+    clock: Clock | None = None,
+    consumer_timeout: int = 1_800_000,
+) -> Broker:
     return Broker(
-        store=store if store is not None else MemoryStore(), edit_properties=edit_properties
+        store=store if store is not None else MemoryStore(),
+        clock=clock,
+        edit_properties=edit_properties,
+        consumer_timeout=consumer_timeout,
     )
 
 
