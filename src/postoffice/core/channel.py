@@ -323,6 +323,9 @@ class Channel:
             queue.settle((entry,))
         if not no_ack:
             self.unacked[tag] = (entry, queue, None)
+            timeout = effective_timeout(None, queue, 0)
+            if timeout is not None:
+                self.connection.broker.ack_timeouts.watch(timeout)
         return tag, entry, message, queue.message_count
 
     def qos(self, prefetch_size: int, prefetch_count: int, global_: bool) -> None:
