@@ -630,6 +630,89 @@ def describe(frame: Any) -> Any:
     return repr(frame)
 
 
+# -- field tables with their wire types ------------------------------------------------------
+
+# AMQP 0-9-1 field value tags of fixed size, as RabbitMQ encodes them (pika's decoder
+# turns several of them into the same Python int, so a scenario that cares about the
+# exact type reads the content header itself).
+_FIXED_FIELDS = {
+    b"t": ">B",
+    b"b": ">b",
+    b"B": ">B",
+    b"s": ">h",
+    b"u": ">H",
+    b"I": ">i",
+    b"i": ">I",
+    b"l": ">q",
+    b"L": ">q",
+    b"f": ">f",
+    b"d": ">d",
+    b"T": ">Q",
+}
+
+
+def typed_headers(payload: bytes) -> list[tuple[str, Any]] | None:
+    """The ``headers`` table of a content-header frame payload, each value typed.
+
+    A table is a list of (key, value) in wire order; a value is (tag, decoded), e.g.
+    ("l", 1), ("S", "text"), ("A", [...]), ("F", [(key, value), ...]), ("T", seconds).
+    None when the header carries no headers property.
+    """
+    flags = struct.unpack_from(">H", payload, 12)[0]
+    offset = 14
+    for bit in (0x8000, 0x4000):  # content-type, content-encoding come first
+        if flags & bit:
+            offset += 1 + payload[offset]
+    if not flags & 0x2000:
+        return None
+    return _typed_table(payload, offset)[0]
+
+
+def _typed_table(data: bytes, offset: int) -> tuple[list[tuple[str, Any]], int]:
+    size = struct.unpack_from(">I", data, offset)[0]
+    offset += 4
+    end = offset + size
+    table = []
+    while offset < end:
+        length = data[offset]
+        key = data[offset + 1 : offset + 1 + length].decode("utf-8", "replace")
+        value, offset = _typed_value(data, offset + 1 + length)
+        table.append((key, value))
+    return table, offset
+
+
+def _typed_value(data: bytes, offset: int) -> tuple[Any, int]:
+    tag = data[offset : offset + 1]
+    offset += 1
+    if tag in _FIXED_FIELDS:
+        layout = _FIXED_FIELDS[tag]
+        value = struct.unpack_from(layout, data, offset)[0]
+        return (tag.decode(), value), offset + struct.calcsize(layout)
+    if tag in (b"S", b"x"):
+        size = struct.unpack_from(">I", data, offset)[0]
+        raw = data[offset + 4 : offset + 4 + size]
+        text: Any = raw.decode("utf-8") if tag == b"S" else raw
+        return (tag.decode(), text), offset + 4 + size
+    if tag == b"A":
+        size = struct.unpack_from(">I", data, offset)[0]
+        offset += 4
+        end = offset + size
+        items = []
+        while offset < end:
+            item, offset = _typed_value(data, offset)
+            items.append(item)
+        return ("A", items), offset
+    if tag == b"F":
+        table, offset = _typed_table(data, offset)
+        return ("F", table), offset
+    if tag == b"D":
+        places, raw = struct.unpack_from(">Bi", data, offset)
+        return ("D", (places, raw)), offset + 5
+    if tag == b"V":
+        return ("V", None), offset
+    raise ValueError(f"unknown field type {tag!r}")
+
+
 # -- normalising what brokers make up -------------------------------------------------------
 
 _GENERATED = [

@@ -121,7 +121,8 @@ _CHECKS: dict[str, _Check] = {
     "x-queue-mode": _one_of(QUEUE_MODES, lambda text: f"\"unsupported queue mode '{text}'\""),
     "x-single-active-consumer": _boolean,
     "x-queue-type": _one_of(QUEUE_TYPES, lambda text: f"\"unsupported queue type '{text}'\""),
-    "x-delivery-limit": _non_negative,
+    # RabbitMQ checks nothing here: a negative limit dead-letters at the first return,
+    # a non-integer is no limit.
     "x-max-age": _string,
     "x-stream-max-segment-size-bytes": _non_negative,
 }

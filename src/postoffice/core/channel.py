@@ -23,6 +23,7 @@ from ..errors import (
     PreconditionFailed,
 )
 from .ack_timeout import effective_timeout, timeout_argument
+from .arguments import wire_type
 from .deadletter import parse_expiration
 from .exchange import Exchange
 from .message import Message, Properties, QueueEntry, routing_keys_of
@@ -224,6 +225,12 @@ class Channel:
         if queue_name == DIRECT_REPLY_TO:
             return self._consume_replies(tag, no_ack)
         queue = self.queue(queue_name)
+        priority = (arguments or {}).get("x-priority")
+        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+            raise PreconditionFailed(
+                f"invalid arg 'x-priority' for queue '{queue.name}' in vhost "
+                f"'{self.vhost.name}': \"expected integer, got {wire_type(priority)}\""
+            )
         if queue.consumers and (exclusive or any(c.exclusive for c in queue.consumers)):
             raise AccessRefused(
                 f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use"
@@ -334,7 +341,9 @@ class Channel:
         if global_:
             self.global_prefetch = prefetch_count
         else:
+            # As RabbitMQ: a per-consumer limit lifts the channel-wide one.
             self.prefetch_count = prefetch_count
+            self.global_prefetch = 0
         self._kick_all()
 
     def flow(self, active: bool) -> None:

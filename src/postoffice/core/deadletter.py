@@ -67,6 +67,10 @@ def parse_expiration(text: str) -> int:
     if value < 0:
         _invalid(text, f"{{value_negative,{value}}}")
     if value > _MAX_EXPIRATION_MS:
+        digits_count = len(str(value))
+        if digits_count >= 19:
+            # Erlang's ~p wraps a long term: RabbitMQ's text breaks the line there.
+            _invalid(text, "{value_too_large,\n" + " " * (24 + digits_count) + f"{value}}}")
         _invalid(text, f"{{value_too_large,{value}}}")
     return value
 

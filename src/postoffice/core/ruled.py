@@ -111,6 +111,7 @@ class Rules:
         "dead_letter_routing_key",
         "dedup",
         "delivery_limit",
+        "draining",
         "expires",
         "expires_timer",
         "expiring",
@@ -153,6 +154,8 @@ class Rules:
         # Quorum queues show x-delivery-count on redeliveries; so does any queue with a limit.
         self.count_returns = quorum or self.delivery_limit is not None
         self.single_active = arguments.get("x-single-active-consumer") is True
+        # A cancelled active consumer whose deliveries are not all settled yet.
+        self.draining: Consumer | None = None
         # x-message-deduplication: the keys of the messages in line (core/dedup.py).
         self.dedup = (
             QueueDeduplication(arguments, host.clock)
@@ -377,8 +380,10 @@ class RuledQueue(Queue):
 
     def outgoing(self, entry: QueueEntry, message: Message) -> Message:
         rules = self.rules
-        if not rules.count_returns or not isinstance(entry, RuledEntry) or not entry.returns:
-            return message  # as RabbitMQ: x-delivery-count only on redeliveries
+        # As RabbitMQ's quorum queues: basic.get always carries x-delivery-count (0 the
+        # first time); a consumer gets it only on redeliveries (see _hand).
+        if not rules.count_returns or not isinstance(entry, RuledEntry):
+            return message
         headers = dict(message.properties.headers or {})
         headers["x-delivery-count"] = Long(entry.returns)
         properties = rules.host.edit_properties(message.properties, {"headers": headers})
@@ -427,8 +432,14 @@ class RuledQueue(Queue):
     # -- consumers -----------------------------------------------------------------
 
     def _ready_consumer(self) -> Consumer | None:
-        if self.rules.single_active:
+        rules = self.rules
+        if rules.single_active:
             # x-single-active-consumer: the first registered consumer gets everything.
+            draining = rules.draining
+            if draining is not None:
+                if draining.unacked and not draining.channel.closed:
+                    return None
+                rules.draining = None
             active = self._consumers[0]
             return active if active.ready() else None
         return super()._ready_consumer()
@@ -442,9 +453,11 @@ class RuledQueue(Queue):
         super().remove_consumer(consumer)
         self.touch()
         if was_active and self.rules.single_active:
-            if consumer.channel.closed and consumer.unacked:
-                # The closing channel requeues these next, then dispatches: the new
-                # active consumer sees them first, in queue order, as in RabbitMQ.
+            if consumer.unacked:
+                # It stays the active one until its deliveries are settled: never two
+                # consumers at work at once, and requeued messages (a closing channel)
+                # go first to the next one, in queue order, as in RabbitMQ.
+                self.rules.draining = consumer
                 return
             self.dispatch()  # the next consumer in line takes over
 

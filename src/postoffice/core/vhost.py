@@ -215,7 +215,9 @@ class VHost:
         arguments: Mapping[str, Any] | None = None,
     ) -> Queue:
         if passive:
-            return self.queue(name, owner)
+            queue = self.queue(name, owner)
+            queue.touch()  # as RabbitMQ: a passive declare counts as a use (x-expires)
+            return queue
         if name == "":
             queue_type = (arguments or {}).get("x-queue-type")
             if queue_type in ("quorum", b"quorum"):

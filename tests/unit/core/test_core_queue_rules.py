@@ -602,13 +602,14 @@ def test_delivery_limit_zero_dead_letters_on_the_first_return(channel: Channel) 
     assert drain(channel, "dlq") == [b"m0"]
 
 
-def test_a_get_before_any_return_has_no_delivery_count_header(channel: Channel) -> None:
-    # As a consumer's first delivery, and as RabbitMQ's quorum queues.
+def test_a_get_carries_the_delivery_count_even_before_any_return(channel: Channel) -> None:
+    # As RabbitMQ's quorum queues (seen on 3.10.8): basic.get always has the header,
+    # a consumer's first delivery does not.
     declare(channel, **{"x-delivery-limit": 3})
     send(channel, "q", b"m0")
     got = channel.get("q", no_ack=False)
     assert got is not None
-    assert got[2].properties.headers is None
+    assert got[2].properties.headers == {"x-delivery-count": 0}
     channel.nack(got[0], False, True)
     again = channel.get("q", no_ack=True)
     assert again is not None
@@ -667,9 +668,13 @@ def test_an_active_consumer_without_room_holds_everything_back(broker: Broker) -
     assert one.queue("q").message_count == 2
 
 
-def test_on_cancel_the_next_consumer_takes_over_and_gets_returns_in_order(
+def test_a_cancelled_active_consumer_hands_over_once_its_deliveries_are_settled(
     broker: Broker,
 ) -> None:
+    """Never two consumers at work at once: the next one starts when the cancelled
+    one's unacked deliveries are settled; returned ones come first, in order (as
+    RabbitMQ does when the channel closes; RabbitMQ 3.10 waits for the close even
+    after the acks, docs/compatibility.md)."""
     one, sink1 = open_channel(broker, 1)
     two, sink2 = open_channel(broker, 2, one.connection)
     sac(one)
@@ -679,13 +684,13 @@ def test_on_cancel_the_next_consumer_takes_over_and_gets_returns_in_order(
     consume(two, "q", "b")
     assert sink1.bodies() == [b"m0", b"m1"]
     one.cancel("a")
-    assert sink2.bodies() == [b"m2", b"m3"]
+    assert sink2.bodies() == []
     one.nack(2, True, True)
     assert [(d.body, d.redelivered) for d in sink2.deliveries] == [
-        (b"m2", False),
-        (b"m3", False),
         (b"m0", True),
         (b"m1", True),
+        (b"m2", False),
+        (b"m3", False),
     ]
 
 
