@@ -130,6 +130,17 @@ _LEGEND = (
 )
 
 
+def _queue_rules(options: Options) -> list[str]:
+    """What makes these queues and messages differ from plain ones, to tell runs apart."""
+    lines = []
+    if options.queue_arguments:
+        arguments = ", ".join(f"{key}={value!r}" for key, value in options.queue_arguments)
+        lines.append(f"queue arguments: {arguments}")
+    if options.priorities:
+        lines.append(f"priorities: 0..{options.priorities - 1}, cycling from message to message")
+    return lines
+
+
 def _print(options: Options, targets: Sequence[Target], results: Sequence[Result]) -> None:
     brokers = [target.info for target in targets]
     if any(result.broker == "self" for result in results):
@@ -140,6 +151,7 @@ def _print(options: Options, targets: Sequence[Target], results: Sequence[Result
     machine = machine_description()
     lines = [f"machine: {machine['cpus']} cores, {machine['platform']}, {machine['python']}"]
     lines += [broker.describe() for broker in brokers]
+    lines += _queue_rules(options)
     if results:
         lines += ["", results_table(results), "", *_LEGEND]
     if len(targets) > 1 and results:

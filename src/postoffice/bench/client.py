@@ -308,11 +308,19 @@ class Connection:
         return reply.consumer_tag
 
     def queue_declare(
-        self, channel: int, queue: str, *, durable: bool = False, passive: bool = False
+        self,
+        channel: int,
+        queue: str,
+        *,
+        durable: bool = False,
+        passive: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> amqp.QueueDeclareOk:
         return self.call(
             channel,
-            amqp.QueueDeclare(queue=queue, durable=durable, passive=passive),
+            amqp.QueueDeclare(
+                queue=queue, durable=durable, passive=passive, arguments=arguments or {}
+            ),
             amqp.QueueDeclareOk,
         )
 

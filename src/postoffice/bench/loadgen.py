@@ -109,6 +109,7 @@ class PublisherSpec:
     (messages per second, 0 for as fast as it can) paces it.  ``timed`` publishes one
     message at a time stamped with its due and sent times, for latency; with
     ``reply_to`` it is the calling end of request-reply and waits for each reply.
+    With ``priorities`` N, message ``seq`` carries the priority property ``seq % N``.
     """
 
     index: int
@@ -125,6 +126,7 @@ class PublisherSpec:
     timed: bool = False
     warmup: float = 0.0  # seconds at the start whose latencies are not kept
     stall_timeout: float = 30.0
+    priorities: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class ConsumerSpec:
     autoack: bool = False
     timed: bool = False
     warmup: float = 0.0  # messages due in the first seconds are not sampled
+    priorities: int = 0  # the publishers' (see PublisherSpec): order is checked per priority
 
 
 @dataclass
@@ -205,6 +208,7 @@ def publisher_main(spec: PublisherSpec, controls: Controls) -> None:
             connection.frame_max,
             # A quarter of the confirm window per write keeps confirms flowing back.
             batch=max(1, spec.window // 4) if spec.confirms else 0,
+            priorities=spec.priorities,
         )
         controls.reports.put(("ready", "publisher", spec.index, None))
         controls.go.wait()
@@ -392,7 +396,7 @@ def _consumer_process(
     say it is ready, wait for the start, run, and report (also on failure)."""
     report = ConsumerReport(spec.index)
     connection = Connection(spec.address, f"bench-{role}-{spec.index}")
-    stream = DeliveryStream(spec.publishers, collect=collect)
+    stream = DeliveryStream(spec.publishers, collect=collect, priorities=spec.priorities)
     try:
         connection.open()
         subscribe(connection)
@@ -556,7 +560,10 @@ def requester_main(spec: PublisherSpec, controls: Controls) -> None:
         connection.channel_open(1)
         connection.consume(1, DIRECT_REPLY_TO, f"bench-replies-{spec.index}", True)
         exchange, routing_key = spec.routes[0]
-        properties = amqp.encode_properties({"reply_to": DIRECT_REPLY_TO})
+        properties = [
+            amqp.encode_properties({"reply_to": DIRECT_REPLY_TO, "priority": priority})
+            for priority in range(spec.priorities)
+        ] or [amqp.encode_properties({"reply_to": DIRECT_REPLY_TO})]
         head = amqp.encode_method_frame(
             1, amqp.BasicPublish(exchange=exchange, routing_key=routing_key)
         )
@@ -579,7 +586,7 @@ def _call_loop(
     connection: Connection,
     report: PublisherReport,
     head: bytes,
-    properties: bytes,
+    properties: list[bytes],
 ) -> None:
     stream = DeliveryStream(spec.index + 1, collect=True)
     receiver = _Receiver(connection, stream)
@@ -595,7 +602,8 @@ def _call_loop(
     while (spec.count and calls < spec.count) or (not spec.count and _now() < end):
         sent = _now()
         body = struct.pack(">IQQQ", spec.index, calls, sent, sent) + padding
-        connection.send(head + b"".join(encode_content(1, properties, body, frame_max)))
+        header = properties[calls % len(properties)]
+        connection.send(head + b"".join(encode_content(1, header, body, frame_max)))
         calls += 1
         report.published = calls
         waited_since = _now()

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from .client import BrokerAddress
 from .wire import MESSAGE_ID, TIMED_SIZE
 
-__all__ = ["SCENARIOS", "Options", "UsageError", "add_arguments", "build_parser", "parse"]
+__all__ = [
+    "SCENARIOS",
+    "Options",
+    "QueueArgument",
+    "UsageError",
+    "add_arguments",
+    "build_parser",
+    "parse",
+]
 
 # name -> what it measures; the order is the order of a run without names.
 SCENARIOS: dict[str, str] = {
@@ -30,6 +38,16 @@ SCENARIOS: dict[str, str] = {
 DEFAULT_SCENARIOS = ("transient", "persistent", "fanout", "latency")
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+# Scenarios with no queue of their own to declare nor messages to publish: they cannot
+# honour --queue-arg or --priorities (selftest's null broker ignores both).
+_WITHOUT_QUEUES = {
+    "connections": "opens idle connections only",
+    "selftest": "runs on the bench's null broker, which ignores queue arguments and priorities",
+}
+_MAX_PRIORITIES = 255  # the priority property is an octet
+
+QueueArgument = int | bool | str
 
 _EPILOG = "scenarios:\n" + "\n".join(f"  {name:<12} {text}" for name, text in SCENARIOS.items())
 
@@ -60,6 +78,8 @@ class Options:
     connections: int = 1000
     warmup: float = 1.0
     stall_timeout: float = 30.0
+    queue_arguments: tuple[tuple[str, QueueArgument], ...] = ()
+    priorities: int = 0  # publishers cycle the priority property over 0..N-1; 0: not set
     json: bool = False
     progress: bool | None = None  # None: when stderr is a terminal
 
@@ -90,6 +110,29 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
+    return value
+
+
+def _queue_argument(text: str) -> tuple[str, QueueArgument]:
+    """``KEY=VALUE``: an integer value is an int, true or false a bool, anything else a string."""
+    key, equals, raw = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    value: QueueArgument = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _priorities(text: str) -> int:
+    value = _positive_int(text)
+    if value > _MAX_PRIORITIES:
+        raise argparse.ArgumentTypeError(f"{text} is above {_MAX_PRIORITIES}")
     return value
 
 
@@ -195,6 +238,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="connections: how many to open (default: %(default)s)",
     )
     load.add_argument(
+        "--queue-arg",
+        type=_queue_argument,
+        action="append",
+        default=[],
+        dest="queue_arguments",
+        metavar="KEY=VALUE",
+        help="an argument for every queue the scenarios declare, e.g. x-max-priority=10 or "
+        "x-message-ttl=60000 (an integer value is sent as an integer, true/false as a "
+        "boolean, anything else as a string); repeat for several",
+    )
+    load.add_argument(
+        "--priorities",
+        type=_priorities,
+        metavar="N",
+        help="publishers set the priority property, cycling over 0..N-1 from one message "
+        "to the next (default: no priority property)",
+    )
+    load.add_argument(
         "--warmup",
         type=_seconds,
         default=1.0,
@@ -254,6 +315,7 @@ def from_namespace(args: argparse.Namespace) -> Options:
         raise UsageError("give --duration above 0 or a --count")
     if args.ack_every > max(args.prefetch, 1) and args.prefetch:
         raise UsageError(f"--ack-every {args.ack_every} is above --prefetch {args.prefetch}")
+    queue_arguments = _check_queue_rules(names, args.queue_arguments, args.priorities)
     rounds = args.rounds or (2 if args.against else 1)
     return Options(
         scenarios=tuple(dict.fromkeys(names)),
@@ -276,9 +338,35 @@ def from_namespace(args: argparse.Namespace) -> Options:
         connections=args.connections,
         warmup=args.warmup,
         stall_timeout=args.stall_timeout,
+        queue_arguments=queue_arguments,
+        priorities=args.priorities or 0,
         json=args.json,
         progress=args.progress,
     )
+
+
+def _check_queue_rules(
+    names: Sequence[str], arguments: Sequence[tuple[str, QueueArgument]], priorities: int | None
+) -> tuple[tuple[str, QueueArgument], ...]:
+    """The queue arguments, once each; refuses scenarios that would ignore them."""
+    given = [
+        option
+        for option, used in (("--queue-arg", arguments), ("--priorities", priorities))
+        if used
+    ]
+    if not given:
+        return ()
+    for name in names:
+        if name in _WITHOUT_QUEUES:
+            raise UsageError(
+                f"{' and '.join(given)} cannot apply to {name}: it {_WITHOUT_QUEUES[name]}; "
+                "name the scenarios to run without it"
+            )
+    keys = [key for key, _value in arguments]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise UsageError(f"--queue-arg {', '.join(repeated)} given more than once")
+    return tuple(arguments)
 
 
 def parse(argv: Sequence[str]) -> Options:

@@ -574,7 +574,9 @@ def verify_flow(
 
 def _declare(control: Connection, topology: Topology) -> None:
     for queue_name in topology.queues:
-        control.queue_declare(1, queue_name, durable=topology.durable)
+        control.queue_declare(
+            1, queue_name, durable=topology.durable, arguments=dict(topology.arguments)
+        )
     for exchange, kind in topology.exchanges:
         control.exchange_declare(1, exchange, kind, durable=topology.durable)
     for queue_name, exchange, key in topology.bindings:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .client import BrokerAddress
 from .loadgen import ConsumerSpec, PublisherSpec
-from .options import Options, cpu_count
+from .options import Options, QueueArgument, cpu_count
 
 __all__ = ["ConnectionsPlan", "FlowPlan", "Plan", "Topology", "build", "unique_prefix"]
 
@@ -25,6 +25,7 @@ class Topology:
 
     queues: tuple[str, ...] = ()
     durable: bool = False
+    arguments: tuple[tuple[str, QueueArgument], ...] = ()  # every queue's x- arguments
     exchanges: tuple[tuple[str, str], ...] = ()  # (name, type)
     bindings: tuple[tuple[str, str, str], ...] = ()  # (queue, exchange, routing key)
 
@@ -74,6 +75,10 @@ def build(name: str, options: Options, address: BrokerAddress, prefix: str) -> P
     """The plan of scenario ``name``; ``selftest`` has the shape of ``transient``."""
     builder = _BUILDERS["transient" if name == "selftest" else name]
     plan = builder(_Context(name, options, address, f"{prefix}.{name}"))
+    if isinstance(plan, FlowPlan) and options.queue_arguments:
+        # Every scenario's queues, whatever their shape (options refuses the others).
+        topology = replace(plan.topology, arguments=options.queue_arguments)
+        plan = replace(plan, topology=topology)
     return plan
 
 
@@ -124,6 +129,7 @@ class _Context:
                     timed=timed,
                     warmup=options.warmup,
                     stall_timeout=options.stall_timeout,
+                    priorities=options.priorities,
                 )
             )
         return tuple(specs)
@@ -159,6 +165,7 @@ class _Context:
                     autoack=autoack,
                     timed=timed,
                     warmup=options.warmup,
+                    priorities=options.priorities,
                 )
             )
         return tuple(specs)

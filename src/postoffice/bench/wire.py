@@ -10,7 +10,10 @@ a duplicate elsewhere.  Latency bodies also carry two monotonic timestamps
 (:data:`SEND_TIMES`): when the message was due and when it was written.
 
 Publishers write :class:`PublishBatch` bytes: a batch of whole publishes encoded
-once, into which one ``struct`` call stamps the sequence numbers.  Consumers read
+once, into which one ``struct`` call stamps the sequence numbers.  With priorities,
+message ``seq`` carries priority ``seq % N``; a priority queue may then deliver out
+of order, but keeps each priority's messages in order, so consumers check the order
+per publisher and priority (a *lane*).  Consumers read
 with :class:`DeliveryStream`, which learns the byte layout of a delivery on each
 channel and then takes runs of deliveries with a few comparisons each, falling back
 to a frame-by-frame walk for anything else (a redelivery, another method, a body
@@ -19,6 +22,7 @@ split over frames), so nothing is miscounted.
 
 from __future__ import annotations
 
+import math
 import operator
 import struct
 from collections.abc import Mapping, Sequence
@@ -51,6 +55,8 @@ _BASIC_DELIVER = amqp.BasicDeliver.INDEX
 _AUTO_BATCH_BYTES = 256 * 1024
 _MAX_BATCH = 2000
 _MAX_RUN = 1024  # deliveries checked with one struct call; bounds the cache of Structs
+_MAX_TEMPLATES = 1 << 16  # (route, priority) pairs a publisher encodes ahead
+_MAX_HEADERS = 256  # content headers one channel's fast path recognises (a priority each)
 
 
 def expected_id_sum(published: Sequence[int]) -> int:
@@ -61,9 +67,11 @@ def expected_id_sum(published: Sequence[int]) -> int:
 class PublishBatch:
     """Whole basic.publish frame sets for one channel, encoded once and re-stamped per use.
 
-    Message ``i`` of a batch goes to ``routes[i % len(routes)]`` (exchange, routing
-    key).  :meth:`encode` returns ``count`` messages numbered from ``first``; a full
-    batch is stamped with a single ``struct`` call, so a publisher spends a few tens
+    Message ``seq`` goes to ``routes[seq % len(routes)]`` (exchange, routing key) and,
+    with ``priorities`` N, carries the ``priority`` property ``seq % N``: one
+    template per (route, priority) pair of a cycle, all encoded here.  :meth:`encode`
+    returns ``count`` messages numbered from ``first``; a full batch starting on a
+    cycle is stamped with a single ``struct`` call, so a publisher spends a few tens
     of nanoseconds per message on top of the copy into the socket.
     """
 
@@ -76,6 +84,7 @@ class PublishBatch:
         properties: Mapping[str, Any],
         frame_max: int,
         batch: int = 0,
+        priorities: int = 0,
     ) -> None:
         if not routes:
             raise ValueError("a publisher needs at least one route")
@@ -83,23 +92,39 @@ class PublishBatch:
             raise ValueError(f"bodies of {size} bytes cannot carry a message id")
         self.publisher = publisher
         self.size = size
-        raw_properties = amqp.encode_properties(properties)
+        variants = [properties]
+        if priorities:
+            variants = [{**properties, "priority": p} for p in range(priorities)]
+        headers = [amqp.encode_properties(variant) for variant in variants]
+        cycle = math.lcm(len(routes), len(headers))
+        if cycle > _MAX_TEMPLATES:
+            raise ValueError(
+                f"{len(routes)} routes and {len(headers)} priorities make {cycle:,} different "
+                f"messages, more than {_MAX_TEMPLATES:,}: choose a number of priorities that "
+                "divides the number of routes"
+            )
         body = MESSAGE_ID.pack(publisher, 0) + bytes(size - MESSAGE_ID.size)
+        publishes = [
+            amqp.encode_method_frame(
+                channel, amqp.BasicPublish(exchange=exchange, routing_key=routing_key)
+            )
+            for exchange, routing_key in routes
+        ]
         # Each template is split around the 8-byte sequence number.
         self._templates: list[tuple[bytes, bytes]] = []
-        for exchange, routing_key in routes:
-            frames = amqp.encode_method_frame(
-                channel, amqp.BasicPublish(exchange=exchange, routing_key=routing_key)
-            ) + b"".join(encode_content(channel, raw_properties, body, frame_max))
+        for k in range(cycle):
+            frames = publishes[k % len(routes)] + b"".join(
+                encode_content(channel, headers[k % len(headers)], body, frame_max)
+            )
             seq_at = _body_start(frames) + 4
             self._templates.append((frames[:seq_at], frames[seq_at + 8 :]))
         length = sum(len(head) + 8 + len(tail) for head, tail in self._templates)
-        per_message = length / len(routes)
+        per_message = length / cycle
         if batch <= 0:
             batch = max(1, min(_MAX_BATCH, int(_AUTO_BATCH_BYTES // per_message)))
-        # Whole cycles of routes, so that every batch spreads evenly.
-        cycles = max(1, round(batch / len(routes)))
-        self.count = cycles * len(routes)
+        # Whole cycles, so that every batch spreads evenly over routes and priorities.
+        cycles = max(1, round(batch / cycle))
+        self.count = cycles * cycle
         templates = self._templates * cycles
         self._struct = struct.Struct(
             ">" + "".join(f"{len(head)}sQ{len(tail)}s" for head, tail in templates)
@@ -110,23 +135,24 @@ class PublishBatch:
 
     def encode(self, first: int, count: int) -> bytes:
         """``count`` (at most :attr:`count`) messages numbered ``first``, ``first + 1``..."""
-        if count == self.count:
+        templates = self._templates
+        cycle = len(templates)
+        if count == self.count and first % cycle == 0:
             values = self._values
             values[1::3] = range(first, first + count)
             return self._struct.pack(*values)
-        templates = self._templates
-        cycle = len(templates)
         pack = _TAG.pack
-        return b"".join(
-            templates[i % cycle][0] + pack(first + i) + templates[i % cycle][1]
-            for i in range(count)
-        )
+        parts: list[bytes] = []
+        for seq in range(first, first + count):
+            head, tail = templates[seq % cycle]
+            parts += (head, pack(seq), tail)
+        return b"".join(parts)
 
     def timed(self, seq: int, due_ns: int, sent_ns: int) -> bytes:
-        """One message to the first route whose body also carries its due and sent times."""
+        """Message ``seq`` whose body also carries its due and sent times."""
         if self.size < TIMED_SIZE:
             raise ValueError(f"bodies of {self.size} bytes cannot carry send times")
-        head, tail = self._templates[0]
+        head, tail = self._templates[seq % len(self._templates)]
         return head + _TAG.pack(seq) + SEND_TIMES.pack(due_ns, sent_ns) + tail[SEND_TIMES.size :]
 
 
@@ -200,7 +226,8 @@ class _Layout(NamedTuple):
     prefix: bytes  # frame header, method id, consumer tag: up to the delivery tag
     redelivered_at: int
     header_at: int  # where the content header frame starts
-    middle: bytes  # content header frame and the body frame's header
+    # The content header frame and the body frame's header: one per priority seen.
+    middles: tuple[bytes, ...]
     length: int  # the whole delivery, method frame to the last frame end
     id_at: int  # where the body (its MESSAGE_ID) starts
 
@@ -210,12 +237,12 @@ class _Channel:
 
     __slots__ = ("acked", "count", "last_seq", "last_tag", "layout", "pending", "tag_gaps")
 
-    def __init__(self, publishers: int) -> None:
+    def __init__(self, lanes: int) -> None:
         self.count = 0
         self.last_tag = 0
         self.acked = 0  # the highest tag the consumer has acked
         self.tag_gaps = 0
-        self.last_seq = [-1] * publishers
+        self.last_seq = [-1] * lanes  # by publisher * priorities + seq % priorities
         self.layout: _Layout | None = None
         self.pending: _Pending | None = None
 
@@ -265,11 +292,14 @@ class DeliveryStream:
     basic.deliver are left in :attr:`methods` as ``(channel, payload)`` for the
     caller.  With ``collect=True`` every delivery is also kept whole in
     :attr:`messages` (for latency and request-reply), and the fast path is off.
+    With ``priorities`` N, message ``seq`` is taken to carry priority ``seq % N``,
+    and the order is checked per publisher and priority.
     """
 
-    def __init__(self, publishers: int, collect: bool = False) -> None:
+    def __init__(self, publishers: int, collect: bool = False, priorities: int = 0) -> None:
         self.publishers = publishers
         self.collect = collect
+        self.lanes = max(1, priorities)
         self.count = 0
         self.redelivered = 0
         self.duplicates = 0  # a sequence number not above the last from its publisher
@@ -284,7 +314,7 @@ class DeliveryStream:
     def channel(self, number: int) -> _Channel:
         state = self.channels.get(number)
         if state is None:
-            state = self.channels[number] = _Channel(self.publishers)
+            state = self.channels[number] = _Channel(self.publishers * self.lanes)
         return state
 
     def feed(self, buffer: bytearray, pos: int, end: int) -> int:
@@ -312,7 +342,7 @@ class DeliveryStream:
 
     def _run(self, state: _Channel, layout: _Layout, buffer: bytearray, pos: int, end: int) -> int:
         """Takes consecutive deliveries that match ``layout``; returns the position after them."""
-        prefix, redelivered_at, header_at, middle, length, id_at = layout
+        prefix, redelivered_at, header_at, middles, length, id_at = layout
         startswith = buffer.startswith
         start = pos
         limit = min(end, pos + length * _MAX_RUN)
@@ -320,7 +350,7 @@ class DeliveryStream:
             limit - pos >= length
             and startswith(prefix, pos)
             and not buffer[pos + redelivered_at]
-            and startswith(middle, pos + header_at)
+            and startswith(middles, pos + header_at)
             and buffer[pos + length - 1] == _FRAME_END
         ):
             pos += length
@@ -364,25 +394,34 @@ class DeliveryStream:
         seqs = values[1::2]
         self.id_sum += sum(seqs)
         publisher = publishers[0]
-        last_seq = state.last_seq
-        # The usual case, one publisher's numbers going up, is checked at C speed.
+        last_seq, lanes = state.last_seq, self.lanes
+        # The usual case, one publisher's numbers going up past every number seen from
+        # it, is checked at C speed.
         if (
-            0 <= publisher < len(last_seq)
+            0 <= publisher < self.publishers
             and publishers.count(publisher) == taken
-            and seqs[0] > last_seq[publisher]
             and all(map(operator.lt, seqs, seqs[1:]))
         ):
-            last_seq[publisher] = seqs[-1]
-            return
+            if lanes == 1:
+                if seqs[0] > last_seq[publisher]:
+                    last_seq[publisher] = seqs[-1]
+                    return
+            else:
+                first_lane = publisher * lanes
+                if seqs[0] > max(last_seq[first_lane : first_lane + lanes]):
+                    _advance_lanes(last_seq, first_lane, lanes, seqs)
+                    return
         for publisher, seq in zip(publishers, seqs, strict=True):
             self._check_id(state, publisher, seq, False)
 
     def _check_id(self, state: _Channel, publisher: int, seq: int, redelivered: bool) -> None:
         last_seq = state.last_seq
-        if not 0 <= publisher < len(last_seq):
+        if not 0 <= publisher < self.publishers:
             self.foreign += 1
-        elif seq > last_seq[publisher]:
-            last_seq[publisher] = seq
+            return
+        lane = publisher * self.lanes + seq % self.lanes
+        if seq > last_seq[lane]:
+            last_seq[lane] = seq
         elif not redelivered:
             self.duplicates += 1
 
@@ -492,11 +531,32 @@ class DeliveryStream:
         header_size = _FRAME_HEADER.unpack_from(buffer, pending.header_at)[2]
         if pending.body_at != pending.header_at + header_size + 8:
             return
-        state.layout = _Layout(
+        layout = _Layout(
             prefix=bytes(buffer[start : start + pending.tag_at]),
             redelivered_at=pending.tag_at + 8,
             header_at=pending.method_end - start,
-            middle=bytes(buffer[pending.header_at : pending.body_at + 7]),
+            middles=(bytes(buffer[pending.header_at : pending.body_at + 7]),),
             length=pending.body_at + 8 + body_size - start,
             id_at=pending.body_at + 7 - start,
         )
+        known = state.layout
+        # Deliveries that differ in their header's property values alone (a priority)
+        # share a layout, so that cycling priorities stay on the fast path.
+        if known is not None and known._replace(middles=layout.middles) == layout:
+            if layout.middles[0] in known.middles:
+                return
+            if len(known.middles) < _MAX_HEADERS:
+                layout = known._replace(middles=known.middles + layout.middles)
+        state.layout = layout
+
+
+def _advance_lanes(last_seq: list[int], first_lane: int, lanes: int, seqs: Sequence[int]) -> None:
+    """Each lane's last number from a run of rising ``seqs`` above every number seen."""
+    found = 0
+    for seq in reversed(seqs):
+        lane = first_lane + seq % lanes
+        if last_seq[lane] < seq:  # the lane's last in the run: later ones came first
+            last_seq[lane] = seq
+            found += 1
+            if found == lanes:
+                return
