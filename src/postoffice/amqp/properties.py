@@ -107,6 +107,7 @@ _FLAG_OF = {name: flag for name, _type, flag in BASIC_PROPERTIES}
 _INSPECT_FLAGS = _FLAG_OF["reply_to"] | _FLAG_OF["user_id"] | _FLAG_OF["expiration"]
 _HEADERS_FLAG = _FLAG_OF["headers"]
 _DELIVERY_MODE_FLAG = _FLAG_OF["delivery_mode"]
+_PRIORITY_FLAG = _FLAG_OF["priority"]
 
 
 class _Property(Generic[T]):
@@ -153,7 +154,33 @@ class BasicProperties:
     content_encoding: _Property[str] = _Property()
     headers: _Property[dict[str, Any]] = _Property()
     delivery_mode: _Property[int] = _Property()
-    priority: _Property[int] = _Property()
+
+    @property
+    def priority(self) -> int | None:
+        """The priority property, read without decoding the others (a priority queue
+        asks it of every message)."""
+        raw = self._raw
+        if self._decoded is not None or len(raw) < 2:
+            return self._values().get("priority")
+        flags = raw[0] << 8 | raw[1]
+        if not flags & _PRIORITY_FLAG:
+            return None
+        if flags & 1:
+            return self._values().get("priority")
+        pos = 2
+        try:
+            if flags & _FLAG_OF["content_type"]:
+                pos += 1 + raw[pos]
+            if flags & _FLAG_OF["content_encoding"]:
+                pos += 1 + raw[pos]
+            if flags & _HEADERS_FLAG:
+                pos += 4 + int.from_bytes(raw[pos : pos + 4], "big")
+            if flags & _DELIVERY_MODE_FLAG:
+                pos += 1
+            return raw[pos]
+        except IndexError:
+            return self._values().get("priority")  # decodes, and reports what is malformed
+
     correlation_id: _Property[str] = _Property()
     reply_to: _Property[str] = _Property()
     expiration: _Property[str] = _Property()

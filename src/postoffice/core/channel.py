@@ -326,7 +326,7 @@ class Channel:
         message = queue.outgoing(entry, entry.message or self.vhost.page_in(entry))
         if entry.store_id:
             queue.delivered(entry)
-        if no_ack and (entry.store_id or queue.rules is not None):
+        if no_ack and (entry.store_id or queue.settles_acks):
             queue.settle((entry,))
         if not no_ack:
             self.unacked[tag] = (entry, queue, None)
@@ -422,7 +422,7 @@ class Channel:
                 if consumer.queue is not None:
                     kicked[consumer.queue] = None
             # Acks of transient messages concern only ruled queues (de-duplication keys).
-            if queue is not None and (how or entry.store_id or queue.rules is not None):
+            if queue is not None and (how or entry.store_id or queue.settles_acks):
                 settled.setdefault(queue, []).append(entry)
         for queue, entries in settled.items():
             if how == REQUEUED:

@@ -51,6 +51,7 @@ class Queue:
         "messages",
         "name",
         "rules",
+        "settles_acks",
         "store",
         "vhost",
     )
@@ -86,6 +87,8 @@ class Queue:
         self.store: Store | None = None
         # The rule state of a RuledQueue; None for a plain queue.
         self.rules: Any = None
+        # Whether acks of messages not in the store must reach settle() (de-duplication).
+        self.settles_acks = False
 
     @property
     def exclusive(self) -> bool:
@@ -115,7 +118,11 @@ class Queue:
         return self.durable and self.exclusive_owner is None
 
     def publish(
-        self, message: Message, redelivered: bool = False, store_id: int = 0
+        self,
+        message: Message,
+        redelivered: bool = False,
+        store_id: int = 0,
+        expiring: bool = False,
     ) -> QueueEntry | None:
         """Enqueues (or delivers at once) a new message; its entry (a ruled queue may
         refuse it: None)."""

@@ -43,7 +43,14 @@ if TYPE_CHECKING:
     from .timers import Timer
     from .vhost import VHost
 
-__all__ = ["RULE_ARGUMENTS", "RuledEntry", "RuledQueue", "needs_rules", "promote"]
+__all__ = [
+    "RULE_ARGUMENTS",
+    "RuledEntry",
+    "RuledQueue",
+    "SingleActiveQueue",
+    "needs_rules",
+    "promote",
+]
 
 # The queue arguments that make a queue a RuledQueue.
 RULE_ARGUMENTS = frozenset(
@@ -94,7 +101,11 @@ class RuledEntry(QueueEntry):
         size: int,
         returns: int = 0,
     ) -> None:
-        super().__init__(seq, message, redelivered, store_id)
+        # QueueEntry's fields set here directly: one call less per message.
+        self.seq = seq
+        self.message = message
+        self.redelivered = redelivered
+        self.store_id = store_id
         self.deadline = deadline
         self.level = level
         self.size = size
@@ -106,12 +117,14 @@ class Rules:
     """A ruled queue's settings (from its arguments) and state."""
 
     __slots__ = (
+        "bounded",
         "count_returns",
         "dead_letter_exchange",
         "dead_letter_routing_key",
         "dedup",
         "delivery_limit",
         "draining",
+        "drops_head",
         "expires",
         "expires_timer",
         "expiring",
@@ -123,9 +136,11 @@ class Rules:
         "max_bytes",
         "max_length",
         "max_priority",
+        "monotonic",
         "overflow",
         "ready",
         "ready_bytes",
+        "refuses",
         "single_active",
         "ttl",
     )
@@ -138,7 +153,7 @@ class Rules:
         self.ready_bytes = 0
         self.gone = 0
         self.ttl = _int(arguments.get("x-message-ttl"))  # ms, or None
-        self.expiring: list[tuple[float, int, RuledEntry]] = []
+        self.expiring: list[tuple[float, int, RuledEntry]] = []  # own deadlines, a heap
         self.expiry_timer: Timer | None = None
         self.expires = _int(arguments.get("x-expires"))  # ms, or None
         self.expires_timer: Timer | None = None
@@ -149,6 +164,10 @@ class Rules:
         self.max_length = _int(arguments.get("x-max-length"))
         self.max_bytes = _int(arguments.get("x-max-length-bytes"))
         self.overflow = _text(arguments.get("x-overflow")) or "drop-head"
+        self.bounded = self.max_length is not None or self.max_bytes is not None
+        self.refuses = self.bounded and self.overflow != "drop-head"  # reject-publish(-dlx)
+        self.drops_head = self.bounded and self.overflow == "drop-head"
+        self.monotonic = host.clock.monotonic
         self.delivery_limit = _int(arguments.get("x-delivery-limit"))
         quorum = _text(arguments.get("x-queue-type")) == "quorum"
         # Quorum queues show x-delivery-count on redeliveries; so does any queue with a limit.
@@ -172,6 +191,7 @@ class RuledQueue(Queue):
     def setup(self, host: VHost) -> None:
         """Reads the rules from the queue's arguments; call once, after construction."""
         self.rules = Rules(host, self.arguments)
+        self.settles_acks = self.rules.dedup is not None
         if self.rules.expires is not None:
             self._arm_expires()
 
@@ -184,30 +204,37 @@ class RuledQueue(Queue):
     # -- messages in ---------------------------------------------------------------
 
     def publish(
-        self, message: Message, redelivered: bool = False, store_id: int = 0
+        self,
+        message: Message,
+        redelivered: bool = False,
+        store_id: int = 0,
+        expiring: bool = False,
     ) -> QueueEntry | None:
         """Enqueues (or delivers at once) a new message; None when the queue refused it
-        (x-overflow reject-publish and the queue is full)."""
+        (x-overflow reject-publish and the queue is full).  ``expiring``: the message
+        has an ``expiration`` property.  The hot path of a ruled queue: flags decided
+        at declare keep each rule's cost away from queues without it."""
         rules = self.rules
-        properties = message.properties
         level = 0
         if rules.max_priority:
-            priority = properties.priority
+            priority = message.properties.priority
             if priority:
-                level = min(priority, rules.max_priority)
+                level = priority if priority < rules.max_priority else rules.max_priority
         ttl = rules.ttl
-        expiration = properties.expiration
-        if expiration is not None:
-            per_message = parse_expiration(expiration)
-            ttl = per_message if ttl is None else min(ttl, per_message)
-        deadline = 0.0
-        if ttl is not None:
-            deadline = rules.host.clock.monotonic() + ttl / 1000
+        uniform = True  # the queue's own TTL: deadlines come in publish order
+        if expiring:
+            expiration = message.properties.expiration
+            if expiration is not None:
+                per_message = parse_expiration(expiration)
+                if ttl is None or per_message < ttl:
+                    ttl = per_message
+                    uniform = False
+        deadline = 0.0 if ttl is None else rules.monotonic() + ttl / 1000
         size = len(message.body)
         seq = self._next_seq
         self._next_seq = seq + 1
         entry = RuledEntry(seq, message, redelivered, store_id, deadline, level, size)
-        if rules.overflow != "drop-head" and self._full_for(size):
+        if rules.refuses and self._full_for(size):
             entry.state = GONE
             if rules.overflow == "reject-publish-dlx":
                 self._dead_letter([entry], "maxlen", admitted=False)
@@ -230,10 +257,19 @@ class RuledQueue(Queue):
             entry.state = GONE
             self._dead_letter([entry], "expired")
             return entry
-        self._append(entry)
+        if store_id and rules.ready >= PAGE_OUT_DEPTH:
+            entry.message = None  # the store has it; read it back when its turn comes
+        rules.levels[level].append(entry)
+        rules.ready += 1
+        rules.ready_bytes += size
         if deadline:
-            self._expire_at(entry)
-        self._drop_overflow()
+            if not uniform:
+                self._expire_at(entry)
+            elif rules.expiry_timer is None:
+                self._arm_expiry(deadline)
+            # else: the queue's TTL orders deadlines as the line: the timer finds them
+        if rules.drops_head:
+            self._drop_overflow()
         return entry
 
     def restore(self, store_id: int, deliveries: int, time: int) -> None:
@@ -336,21 +372,26 @@ class RuledQueue(Queue):
 
     def dispatch(self) -> None:
         rules = self.rules
-        while rules.ready and self._consumers:
+        consumers = self._consumers
+        while rules.ready and consumers:
             consumer = self._ready_consumer()
             if consumer is None:
                 return
             entry = self._next()
             if entry is None:
                 return
-            self._hand(consumer, entry)
+            if entry.returns or consumer.no_ack:
+                self._hand(consumer, entry)
+            else:
+                consumer.channel.deliver(consumer, entry)  # the common case, inlined
 
     def _next(self) -> RuledEntry | None:
         """Takes the next live entry out of line; expired ones met on the way are
         dead-lettered."""
         rules = self.rules
         now = 0.0
-        for level in reversed(rules.levels):
+        levels = rules.levels
+        for level in reversed(levels) if len(levels) > 1 else levels:
             while level:
                 entry = level.popleft()
                 if entry.state != WAITING:
@@ -359,7 +400,7 @@ class RuledQueue(Queue):
                 rules.ready -= 1
                 rules.ready_bytes -= entry.size
                 if entry.deadline:
-                    now = now or rules.host.clock.monotonic()
+                    now = now or rules.monotonic()
                     if entry.deadline <= now:
                         entry.state = GONE
                         self._dead_letter([entry], "expired")
@@ -431,69 +472,87 @@ class RuledQueue(Queue):
 
     # -- consumers -----------------------------------------------------------------
 
-    def _ready_consumer(self) -> Consumer | None:
-        rules = self.rules
-        if rules.single_active:
-            # x-single-active-consumer: the first registered consumer gets everything.
-            draining = rules.draining
-            if draining is not None:
-                if draining.unacked and not draining.channel.closed:
-                    return None
-                rules.draining = None
-            active = self._consumers[0]
-            return active if active.ready() else None
-        return super()._ready_consumer()
-
     def add_consumer(self, consumer: Consumer) -> None:
         super().add_consumer(consumer)
         self.touch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
-        was_active = bool(self._consumers) and self._consumers[0] is consumer
         super().remove_consumer(consumer)
         self.touch()
-        if was_active and self.rules.single_active:
-            if consumer.unacked:
-                # It stays the active one until its deliveries are settled: never two
-                # consumers at work at once, and requeued messages (a closing channel)
-                # go first to the next one, in queue order, as in RabbitMQ.
-                self.rules.draining = consumer
-                return
-            self.dispatch()  # the next consumer in line takes over
 
     # -- expiry of messages ---------------------------------------------------------
 
     def _expire_at(self, entry: RuledEntry) -> None:
+        """Tracks the deadline of an entry with its own (a per-message TTL, a requeue)."""
         rules = self.rules
         heap = rules.expiring
         heapq.heappush(heap, (entry.deadline, entry.seq, entry))
+        if len(heap) > 2 * rules.ready + _COMPACT_AFTER:
+            rules.expiring = heap = [item for item in heap if item[2].state == WAITING]
+            heapq.heapify(heap)
         timer = rules.expiry_timer
         if timer is None or entry.deadline < timer.when:
-            if timer is not None:
-                timer.cancel()
-            rules.expiry_timer = rules.host.timers.call_at(entry.deadline, self._expire_due)
+            self._arm_expiry(entry.deadline)
+
+    def _arm_expiry(self, when: float) -> None:
+        rules = self.rules
+        if rules.expiry_timer is not None:
+            rules.expiry_timer.cancel()
+        rules.expiry_timer = rules.host.timers.call_at(when, self._expire_due)
 
     def _expire_due(self) -> None:
         rules = self.rules
         rules.expiry_timer = None
         if self.deleted:
             return
-        heap = rules.expiring
         now = rules.host.clock.monotonic()
         due: list[RuledEntry] = []
+        heap = rules.expiring
         while heap and heap[0][0] <= now:
             deadline, _, entry = heapq.heappop(heap)
             if entry.state == WAITING and entry.deadline == deadline:
+                due.append(entry)
                 entry.state = GONE
+        # Entries with the queue's TTL: in each level's line, deadlines grow with seq
+        # (a requeued entry keeps its old one and its old place), so the expired ones
+        # are at the heads.
+        for level in rules.levels:
+            while level:
+                entry = level[0]
+                if entry.state != WAITING:
+                    level.popleft()
+                    rules.gone -= 1
+                elif entry.deadline and entry.deadline <= now:
+                    level.popleft()
+                    rules.gone -= 1  # counted back below with the others
+                    due.append(entry)
+                    entry.state = GONE
+                else:
+                    break
+        if due:
+            for entry in due:
                 rules.ready -= 1
                 rules.ready_bytes -= entry.size
                 rules.gone += 1
-                due.append(entry)
-        if due:
+            due.sort(key=_by_seq)
             self._dead_letter(due, "expired")
             self._sweep()
-        if heap and rules.expiry_timer is None:
-            rules.expiry_timer = rules.host.timers.call_at(heap[0][0], self._expire_due)
+        self._rearm_expiry()
+
+    def _rearm_expiry(self) -> None:
+        """Arms the expiry timer for the earliest deadline left, if any."""
+        rules = self.rules
+        if rules.expiry_timer is not None:
+            return
+        earliest = rules.expiring[0][0] if rules.expiring else None
+        for level in rules.levels:
+            for entry in level:
+                if entry.state == WAITING:
+                    if entry.deadline and (earliest is None or entry.deadline < earliest):
+                        earliest = entry.deadline
+                    break
+        if earliest is not None:
+            self._arm_expiry(earliest)
 
     def _sweep(self) -> None:
         """Drops gone entries from the heads of the deques, and from everywhere when
@@ -585,6 +644,35 @@ class RuledQueue(Queue):
             rules.host.expire_queue(self)
             return
         self._arm_expires()
+
+
+class SingleActiveQueue(RuledQueue):
+    """x-single-active-consumer: the first registered consumer gets every message; the
+    next takes over when it goes (a class of its own: other queues skip the check)."""
+
+    __slots__ = ()
+
+    def _ready_consumer(self) -> Consumer | None:
+        rules = self.rules
+        draining = rules.draining
+        if draining is not None:
+            if draining.unacked and not draining.channel.closed:
+                return None
+            rules.draining = None
+        active = self._consumers[0]
+        return active if active.ready() else None
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        was_active = bool(self._consumers) and self._consumers[0] is consumer
+        super().remove_consumer(consumer)
+        if was_active:
+            if consumer.unacked:
+                # It stays the active one until its deliveries are settled: never two
+                # consumers at work at once, and requeued messages (a closing channel)
+                # go first to the next one, in queue order, as in RabbitMQ.
+                self.rules.draining = consumer
+                return
+            self.dispatch()  # the next consumer in line takes over
 
 
 def promote(queue: Queue, host: VHost) -> RuledQueue:

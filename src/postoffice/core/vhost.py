@@ -24,7 +24,7 @@ from .exchange import (
 from .message import Message, Properties, QueueEntry, routing_keys_of
 from .plugins import PLUGIN_EXCHANGES
 from .queue import Queue
-from .ruled import RuledQueue, needs_rules, promote
+from .ruled import RuledQueue, SingleActiveQueue, needs_rules, promote
 from .timers import Timers
 
 if TYPE_CHECKING:
@@ -261,7 +261,11 @@ class VHost:
         arguments: Mapping[str, Any],
     ) -> Queue:
         """A queue of the class its arguments call for, registered in this vhost."""
-        kind = RuledQueue if needs_rules(arguments) else Queue
+        kind: type[Queue] = Queue
+        if arguments.get("x-single-active-consumer") is True:
+            kind = SingleActiveQueue
+        elif needs_rules(arguments):
+            kind = RuledQueue
         queue = kind(
             name,
             self.name,
@@ -471,7 +475,8 @@ class VHost:
             if queue.store is not None and not store_id and message.properties.persistent:
                 store_id = self._store(message, queues, expiring)
                 result |= STORED
-            if queue.publish(message, False, store_id if queue.store is not None else 0) is None:
+            stored = store_id if queue.store is not None else 0
+            if queue.publish(message, False, stored, expiring) is None:
                 result |= REJECTED
             result |= ROUTED
         return result

@@ -184,3 +184,16 @@ def test_from_fields_replace_and_equality() -> None:
     assert repr(BasicProperties.from_fields(priority=1)) == "BasicProperties(priority=1)"
     with pytest.raises(ValueError, match="unknown basic properties: color"):
         properties.replace(color="red")
+
+
+@given(property_dicts)
+@settings(max_examples=300)
+def test_fast_reads_agree_with_decoding(values: dict[str, Any]) -> None:
+    """persistent, priority and inspect_on_publish read the raw bytes without decoding;
+    they must say what decoding says."""
+    raw = encode_properties(values)
+    decoded = decode_properties(raw)
+    assert BasicProperties(raw).priority == decoded.get("priority")
+    assert BasicProperties(raw).persistent == (decoded.get("delivery_mode") == 2)
+    if not BasicProperties(raw).inspect_on_publish:
+        assert all(decoded.get(name) is None for name in ("reply_to", "user_id", "expiration"))

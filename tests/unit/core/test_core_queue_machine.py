@@ -136,6 +136,7 @@ class QueueMachine(RuleBasedStateMachine):
             self.global_prefetch = prefetch
         else:
             self.prefetch = prefetch
+            self.global_prefetch = 0  # as RabbitMQ: a per-consumer limit lifts the global one
         self._absorb_events()
 
     @precondition(lambda self: len(self.consumers) < 3)
