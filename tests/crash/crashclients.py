@@ -8,9 +8,11 @@ import itertools
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pika
 from crashlib import CLIENT_GONE, BrokerProcess, close_quietly, inspect_message, make_message
 from pika.exceptions import NackError, UnroutableError
 
@@ -294,5 +296,89 @@ def churner(work: Workload) -> None:
         pass
     except Exception as exc:
         events.append(("client error", f"churn: {exc!r}"))
+    finally:
+        close_quietly(connection)
+
+
+# -- clients of the feature crash tests (test_kill9_features.py) ----------------------------
+
+# (exchange, routing key, message id, properties, body, note for the model); None: stop.
+Outgoing = tuple[str, str, str, pika.BasicProperties, bytes, Any]
+
+
+def plan_feature_round(seed: int, number: int, triggers: tuple[str, ...]) -> Plan:
+    rng = random.Random(f"{seed}/{number}/features")
+    trigger = triggers[number] if number < len(triggers) else rng.choice(triggers)
+    if number < 2:  # the short run covers both aftermaths
+        aftermath = ("plain", "recovery-kill")[number]
+    else:
+        aftermath = rng.choices(("plain", "recovery-kill"), weights=(3, 1))[0]
+    return Plan(
+        number,
+        trigger,
+        delay=rng.uniform(0.05, 1.5),
+        nth=int(2 ** rng.uniform(0, 9)),
+        aftermath=aftermath,
+    )
+
+
+def publish_until_stopped(
+    work: Workload, who: str, outgoing: Callable[[int], Outgoing | None]
+) -> None:
+    """Publishes with confirms and mandatory=true until the broker dies, the round stops
+    or ``outgoing`` has nothing more; logs publish (before sending), confirm, nacked and
+    unroutable events."""
+    events = work.log(who)
+    try:
+        connection = work.broker.connect()
+    except CLIENT_GONE:
+        return
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for n in itertools.count():
+            if work.stop.is_set():
+                return
+            message = outgoing(n)
+            if message is None:
+                return
+            exchange, key, msg_id, properties, body, note = message
+            events.append(("publish", msg_id, note))
+            try:
+                channel.basic_publish(exchange, key, body, properties, mandatory=True)
+            except UnroutableError:
+                events.append(("unroutable", msg_id))
+                continue
+            except NackError:
+                events.append(("nacked", msg_id))
+                continue
+            events.append(("confirm", msg_id))
+            work.confirmed_one()
+    except CLIENT_GONE:
+        pass
+    except Exception as exc:  # a bug in this test, not in the broker
+        events.append(("client error", f"{who}: {exc!r}"))
+    finally:
+        close_quietly(connection)
+
+
+def consume_until_stopped(
+    work: Workload, queue: str, on_message: Callable[[Any, Any, Any, bytes], None]
+) -> None:
+    """Consumes ``queue`` with manual acks; ``on_message`` settles each delivery."""
+    try:
+        connection = work.broker.connect()
+    except CLIENT_GONE:
+        return
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=PREFETCH)
+        channel.basic_consume(queue, on_message)
+        while not work.stop.is_set():
+            connection.process_data_events(time_limit=0.05)
+    except CLIENT_GONE:
+        pass
+    except Exception as exc:
+        work.log("consumer").append(("client error", f"consumer: {exc!r}"))
     finally:
         close_quietly(connection)

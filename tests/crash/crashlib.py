@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pika
 from pika.exceptions import AMQPError
@@ -29,6 +30,7 @@ __all__ = [
     "close_quietly",
     "connect",
     "inspect_message",
+    "inspect_message_with",
     "make_message",
     "place_in_line",
 ]
@@ -300,6 +302,19 @@ def inspect_message(properties: pika.BasicProperties, body: bytes) -> tuple[str,
         if got != want:
             problems.append(f"property {name}: {got!r}, expected {want!r}")
     return msg_id, problems
+
+
+def inspect_message_with(
+    properties: pika.BasicProperties, body: bytes, added: tuple[str, ...]
+) -> tuple[str, list[str], dict[str, Any]]:
+    """:func:`inspect_message` for a message whose headers gained ``added`` (set by the
+    publisher or by the broker): its id, its problems and the added headers, which it
+    takes out of ``properties``."""
+    headers = dict(properties.headers or {})
+    extra = {name: headers.pop(name) for name in added if name in headers}
+    properties.headers = headers
+    msg_id, problems = inspect_message(properties, body)
+    return msg_id, problems, extra
 
 
 _IN_LINE = re.compile(r"^[rl](\d+)\.(p\d+|c|fence)-?(\d*)$")

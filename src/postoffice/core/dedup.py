@@ -345,11 +345,13 @@ class DeduplicatingExchange:
             if not known.expiry or known.expiry > now:
                 return self._unroutable(message, expiring) | durable
             self._forget(key, known)
-        if not self._remember(key, now, _header_ttl(message)):
-            return None
         if not durable:
+            self._remember(key, now, _header_ttl(message))
             return None
+        # The message goes to the store before its key: a write torn by a crash then
+        # loses the key first, and a retry is a duplicate at worst, never a loss.
         routed = self.vhost.enqueue(message, queues, expiring) if queues else 0
+        self._remember(key, now, _header_ttl(message))
         return routed | durable
 
     def _unroutable(self, message: Message, expiring: bool) -> int:
