@@ -108,25 +108,35 @@ async def main() -> None:
     published = time.time()
     rss_held = rss_mb(options.pid)
     cpu_published = cpu_seconds(options.pid)
-    print(f"published {options.count:,} in {published - start:.1f} s: "
-          f"{options.count / (published - start):,.0f} confirmed msg/s")
+    print(
+        f"published {options.count:,} in {published - start:.1f} s: "
+        f"{options.count / (published - start):,.0f} confirmed msg/s"
+    )
     if published > first_due:
-        print(f"warning: publishing ended {published - first_due:.1f} s after the first due "
-              "time; raise --lead")
+        print(
+            f"warning: publishing ended {published - first_due:.1f} s after the first due "
+            "time; raise --lead"
+        )
     await asyncio.wait_for(done.wait(), timeout=options.lead + options.spread + 600)
     rss_after = rss_mb(options.pid)
     cpu_end = cpu_seconds(options.pid)
     lateness.sort()
-    print(f"delivered {len(lateness):,}; lateness ms: p50 {percentile(lateness, 0.5):.1f}  "
-          f"p90 {percentile(lateness, 0.9):.1f}  p99 {percentile(lateness, 0.99):.1f}  "
-          f"max {lateness[-1]:.1f}  (negative = early)")
+    print(
+        f"delivered {len(lateness):,}; lateness ms: p50 {percentile(lateness, 0.5):.1f}  "
+        f"p90 {percentile(lateness, 0.9):.1f}  p99 {percentile(lateness, 0.99):.1f}  "
+        f"max {lateness[-1]:.1f}  (negative = early)"
+    )
     if options.pid is not None:
         per = 1e6 / options.count
-        print(f"broker CPU us/msg: holding {(cpu_published - cpu_start) * per:.1f}, "
-              f"releasing and delivering {(cpu_end - cpu_published) * per:.1f}")
+        print(
+            f"broker CPU us/msg: holding {(cpu_published - cpu_start) * per:.1f}, "
+            f"releasing and delivering {(cpu_end - cpu_published) * per:.1f}"
+        )
     if rss_before is not None:
-        print(f"broker RSS MB: before {rss_before:.0f}, holding all {rss_held:.0f}, "
-              f"after delivery {rss_after:.0f}")
+        print(
+            f"broker RSS MB: before {rss_before:.0f}, holding all {rss_held:.0f}, "
+            f"after delivery {rss_after:.0f}"
+        )
     await connection.close()
 
 
