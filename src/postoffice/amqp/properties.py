@@ -108,6 +108,8 @@ _INSPECT_FLAGS = _FLAG_OF["reply_to"] | _FLAG_OF["user_id"] | _FLAG_OF["expirati
 _HEADERS_FLAG = _FLAG_OF["headers"]
 _DELIVERY_MODE_FLAG = _FLAG_OF["delivery_mode"]
 _PRIORITY_FLAG = _FLAG_OF["priority"]
+_CONTENT_TYPE_FLAG = _FLAG_OF["content_type"]
+_CONTENT_ENCODING_FLAG = _FLAG_OF["content_encoding"]
 
 
 class _Property(Generic[T]):
@@ -167,14 +169,8 @@ class BasicProperties:
             return None
         if flags & 1:
             return self._values().get("priority")
-        pos = 2
         try:
-            if flags & _FLAG_OF["content_type"]:
-                pos += 1 + raw[pos]
-            if flags & _FLAG_OF["content_encoding"]:
-                pos += 1 + raw[pos]
-            if flags & _HEADERS_FLAG:
-                pos += 4 + int.from_bytes(raw[pos : pos + 4], "big")
+            pos = _past_headers(raw, flags)
             if flags & _DELIVERY_MODE_FLAG:
                 pos += 1
             return raw[pos]
@@ -262,15 +258,8 @@ class BasicProperties:
             return False
         if flags & 1:  # a continuation word: rare, take the long way
             return self.delivery_mode == 2
-        pos = 2
         try:
-            if flags & _FLAG_OF["content_type"]:
-                pos += 1 + raw[pos]
-            if flags & _FLAG_OF["content_encoding"]:
-                pos += 1 + raw[pos]
-            if flags & _HEADERS_FLAG:
-                pos += 4 + int.from_bytes(raw[pos : pos + 4], "big")
-            return raw[pos] == 2
+            return raw[_past_headers(raw, flags)] == 2
         except IndexError:
             return self.delivery_mode == 2  # decodes, and reports what is malformed
 
@@ -319,12 +308,7 @@ class BasicProperties:
         flags = raw[0] << 8 | raw[1]
         if not flags & _HEADERS_FLAG or flags & 1:
             return None
-        pos = 2
-        if flags & _FLAG_OF["content_type"]:
-            pos += 1 + raw[pos]
-        if flags & _FLAG_OF["content_encoding"]:
-            pos += 1 + raw[pos]
-        return pos
+        return _past_headers(raw, flags & ~_HEADERS_FLAG)
 
     def _values(self) -> dict[str, Any]:
         if self._decoded is None:
@@ -342,6 +326,19 @@ class BasicProperties:
         except AMQPSyntaxError:
             return f"BasicProperties(<malformed> raw={self._raw!r})"
         return f"BasicProperties({fields})"
+
+
+def _past_headers(raw: bytes, flags: int) -> int:
+    """Where the properties after headers start: past content_type, content_encoding
+    (shortstrs) and headers (a length-prefixed table).  IndexError if ``raw`` is short."""
+    pos = 2
+    if flags & _CONTENT_TYPE_FLAG:
+        pos += 1 + raw[pos]
+    if flags & _CONTENT_ENCODING_FLAG:
+        pos += 1 + raw[pos]
+    if flags & _HEADERS_FLAG:
+        pos += 4 + int.from_bytes(raw[pos : pos + 4], "big")
+    return pos
 
 
 def _decode_shortstr(buf: Buffer, pos: int, end: int) -> tuple[str, int]:
