@@ -9,9 +9,12 @@ a window that opens ``--lead`` seconds after the start (so publishing is over by
 then) and lasts ``--spread`` seconds.  A consumer on the bound queue reads the due
 time each message carries (header ``due-ms``) and records how late it arrived.
 
-Prints: publish rate (confirmed msg/s), the broker's RSS before publishing, after
-publishing (holding every message) and at the end, and the lateness percentiles
-(p50, p90, p99, max) of the deliveries.  Needs aio-pika (a test dependency).
+Prints: publish rate (confirmed msg/s), the broker's CPU per message and RSS while
+holding and after delivering, and the lateness percentiles (p50, p90, p99, max) of
+the deliveries.  A message's ``x-delay`` is computed when it is handed to the client
+library, which may send it up to a window of publishes later: lateness includes that
+wait (about window / publish rate).  Use a small ``--window`` to measure the broker's
+own lateness.  Needs aio-pika (a test dependency).
 """
 
 from __future__ import annotations
