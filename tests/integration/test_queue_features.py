@@ -379,3 +379,46 @@ def test_durable_features_survive_a_restart(tmp_path: Path) -> None:
         assert body == b"retry" and method.redelivered
         assert properties.headers["x-delivery-count"] == 1
         connection.close()
+
+
+# -- values at the edges of their ranges -------------------------------------------------------
+
+
+def test_huge_delays_and_cache_ttls_are_cut_to_their_limits(tmp_path: Path) -> None:
+    """Past their limits (2^32-1 ms for x-delay, ten years for a de-duplication TTL)
+    values are cut to the limit, stored, and confirmed: no internal error."""
+    with running_broker(store=DiskStore(tmp_path / "data")) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.exchange_declare(
+            "far", "x-delayed-message", durable=True, arguments={"x-delayed-type": "fanout"}
+        )
+        channel.exchange_declare(
+            "once",
+            "x-message-deduplication",
+            durable=True,
+            arguments={"x-cache-size": 10, "x-cache-persistence": "disk"},
+        )
+        channel.queue_declare("held", durable=True)
+        channel.queue_bind("held", "far")
+        channel.queue_bind("held", "once")
+        channel.basic_publish(
+            "far", "", b"later", BP(delivery_mode=2, headers={"x-delay": 2**63 - 1})
+        )
+        headers = {"x-deduplication-header": "k", "x-cache-ttl": 2**63 - 1}
+        channel.basic_publish("once", "", b"first", BP(delivery_mode=2, headers=headers))
+        with pytest.raises(pika.exceptions.UnroutableError):
+            channel.basic_publish("once", "", b"again", BP(headers=headers), mandatory=True)
+        assert [body for body, _ in drain(channel, "held")] == [b"first"]
+        connection.close()
+
+
+@pytest.mark.parametrize("argument", ["x-message-ttl", "x-expires"])
+def test_queue_ttls_above_ten_years_are_refused(
+    connect: Connect, names: Names, argument: str
+) -> None:
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+        connect().channel().queue_declare(names(), arguments={argument: 315_360_000_001})
+    assert closed.value.args[0] == 406
+    assert closed.value.args[1].endswith(": {value_too_large,315360000001}")

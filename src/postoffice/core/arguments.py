@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PreconditionFailed
 
-__all__ = ["QUEUE_TYPES", "check_queue_arguments", "check_queue_type", "wire_type"]
+__all__ = ["MAX_EXPIRY_MS", "QUEUE_TYPES", "check_queue_arguments", "check_queue_type", "wire_type"]
 
 QUEUE_TYPES = ("classic", "quorum", "stream")
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
@@ -75,6 +75,20 @@ def _positive(value: Any, _: Mapping[str, Any]) -> str | None:
     return problem
 
 
+# RabbitMQ's rabbit_misc:check_expiry: at most ten years, in milliseconds.
+MAX_EXPIRY_MS = 315_360_000_000
+
+
+def _expiry(check: _Check) -> _Check:
+    def checked(value: Any, arguments: Mapping[str, Any]) -> str | None:
+        problem = check(value, arguments)
+        if problem is None and value > MAX_EXPIRY_MS:
+            return f"{{value_too_large,{value}}}"
+        return problem
+
+    return checked
+
+
 def _max_priority(value: Any, _: Mapping[str, Any]) -> str | None:
     problem = _non_negative(value, _)
     if problem is None and value > 255:
@@ -108,8 +122,8 @@ def _boolean(value: Any, _: Mapping[str, Any]) -> str | None:
 
 
 _CHECKS: dict[str, _Check] = {
-    "x-expires": _positive,
-    "x-message-ttl": _non_negative,
+    "x-expires": _expiry(_positive),
+    "x-message-ttl": _expiry(_non_negative),
     "x-dead-letter-exchange": _string,
     "x-dead-letter-routing-key": _dead_letter_routing_key,
     "x-max-length": _non_negative,

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import PreconditionFailed
+from .arguments import MAX_EXPIRY_MS
 
 __all__ = [
     "DEAD_LETTER_REASONS",
@@ -39,7 +40,7 @@ __all__ = [
 DEAD_LETTER_REASONS = ("rejected", "expired", "maxlen", "delivery_limit")
 
 # RabbitMQ refuses a per-message TTL above ten years.
-_MAX_EXPIRATION_MS = 315_360_000_000
+_MAX_EXPIRATION_MS = MAX_EXPIRY_MS
 
 
 class Long(int):

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import PreconditionFailed
 from ..store import QueueRecord
+from .arguments import MAX_EXPIRY_MS
 from .deadletter import parse_expiration
 
 if TYPE_CHECKING:
@@ -385,7 +386,9 @@ class DeduplicatingExchange:
         ttl = header_ttl if header_ttl is not None else self.ttl
         if ttl is not None and ttl <= 0:
             return False  # as the plugin's: expired on its next lookup
-        expiry = now + max(1, round(ttl)) if ttl is not None else 0
+        # A TTL beyond ten years keeps the key as long as one of ten years would
+        # (and its expiry fits the store's 64-bit time).
+        expiry = now + max(1, min(round(ttl), MAX_EXPIRY_MS)) if ttl is not None else 0
         if len(self.keys) >= self.size:
             self._sweep(now)
             while len(self.keys) >= self.size:

@@ -45,6 +45,10 @@ __all__ = ["DelayedExchange"]
 
 log = logging.getLogger("postoffice.core")
 
+# The plugin's documented longest delay, 2^32 - 1 ms (about 49.7 days); longer
+# delays are cut to it.
+MAX_DELAY_MS = 2**32 - 1
+
 _ROUTED, _STORED = 1, 2  # VHost.enqueue's bits (vhost imports this module)
 _BUCKET_MS = 1000
 _SLOT_MS = 5
@@ -227,7 +231,7 @@ def _delay(headers: dict[str, Any] | None) -> int:
         return 0
     value = headers.get("x-delay")
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return min(value, MAX_DELAY_MS)
     return 0
 
 
