@@ -108,6 +108,7 @@ _INSPECT_FLAGS = _FLAG_OF["reply_to"] | _FLAG_OF["user_id"] | _FLAG_OF["expirati
 _HEADERS_FLAG = _FLAG_OF["headers"]
 _DELIVERY_MODE_FLAG = _FLAG_OF["delivery_mode"]
 _PRIORITY_FLAG = _FLAG_OF["priority"]
+_UNKNOWN: Any = object()
 _CONTENT_TYPE_FLAG = _FLAG_OF["content_type"]
 _CONTENT_ENCODING_FLAG = _FLAG_OF["content_encoding"]
 
@@ -150,7 +151,8 @@ class BasicProperties:
     first attribute read; call :meth:`as_dict` to validate eagerly.
     """
 
-    __slots__ = ("_decoded", "_inspect", "_raw")
+    __slots__ = ("_decoded", "_inspect", "_priority", "_raw")
+    _priority: Any  # the priority once read; _UNKNOWN before
 
     content_type: _Property[str] = _Property()
     content_encoding: _Property[str] = _Property()
@@ -159,8 +161,14 @@ class BasicProperties:
 
     @property
     def priority(self) -> int | None:
-        """The priority property, read without decoding the others (a priority queue
-        asks it of every message)."""
+        """The priority property, read without decoding the others, and remembered (a
+        priority queue asks it of every message, often of the same properties)."""
+        priority = self._priority
+        if priority is _UNKNOWN:
+            priority = self._priority = self._read_priority()
+        return priority  # type: ignore[no-any-return]
+
+    def _read_priority(self) -> int | None:
         raw = self._raw
         if self._decoded is not None or len(raw) < 2:
             return self._values().get("priority")
@@ -191,6 +199,7 @@ class BasicProperties:
         self._raw = raw if isinstance(raw, bytes) else bytes(raw)
         self._decoded: dict[str, Any] | None = None
         self._inspect: bool | None = None
+        self._priority = _UNKNOWN
 
     @classmethod
     def from_fields(

@@ -68,8 +68,7 @@ class ServerChannel:
         "_confirm_sent",
         "_confirmed_upto",
         "_deliveries",
-        "_last_properties",
-        "_last_raw",
+        "_known_properties",
         "_properties",
         "_publish",
         "_received",
@@ -85,8 +84,9 @@ class ServerChannel:
         self._state = ChannelState.OPEN
         self._accepts = _ACCEPTS[ChannelState.OPEN]
         self.core: Channel = connection.core.open_channel(number, self)
-        self._last_raw = b""
-        self._last_properties = amqp.BasicProperties(b"\x00\x00")
+        # Properties objects by their bytes: publishers mostly repeat a few property
+        # sets, and an object keeps what it has worked out (priority, inspection).
+        self._known_properties: dict[bytes, amqp.BasicProperties] = {}
         # basic.deliver framing by (consumer tag, exchange, routing key).
         self._deliveries: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
         # The publish being assembled: exchange, routing key, mandatory, immediate.
@@ -176,9 +176,7 @@ class ServerChannel:
         limit = self.connection.settings.max_message_size
         if body_size > limit:
             self.state = ChannelState.OPEN
-            raise PreconditionFailed(
-                f"message size {body_size} is larger than configured max size {limit}"
-            )
+            raise PreconditionFailed(_too_large(body_size, limit))
         self._properties = properties
         self._body_size = body_size
         if body_size == 0:
@@ -216,16 +214,15 @@ class ServerChannel:
             raise _unexpected(self._state, FRAME_METHOD)
         limit = self.connection.settings.max_message_size
         if len(body) > limit:
-            raise PreconditionFailed(
-                f"message size {len(body)} is larger than configured max size {limit}", 60, 40
-            )
-        # Publishers mostly repeat the same properties: reuse the last object (they are
-        # immutable to the broker), which also keeps what it has worked out about them.
-        if properties == self._last_raw:
-            decoded = self._last_properties
-        else:
-            decoded = self._last_properties = amqp.BasicProperties(properties)
-            self._last_raw = properties
+            raise PreconditionFailed(_too_large(len(body), limit), 60, 40)
+        # Publishers mostly repeat a few property sets: reuse their objects (immutable
+        # to the broker), which also keeps what they have worked out about themselves.
+        known = self._known_properties
+        decoded = known.get(properties)
+        if decoded is None:
+            if len(known) >= _KNOWN_PROPERTIES_LIMIT:
+                known.clear()
+            decoded = known[properties] = amqp.BasicProperties(properties)
         try:
             self.core.publish(publish[0], publish[1], publish[2], publish[3], decoded, body)
         except AMQPError as exc:
@@ -499,6 +496,16 @@ class ServerChannel:
         self._chunks = []
         self.connection.confirms_pending.discard(self)
         self.connection.core.close_channel(self.number)
+
+
+_KNOWN_PROPERTIES_LIMIT = 64
+_DEFAULT_MAX_MESSAGE_SIZE = 134_217_728
+
+
+def _too_large(size: int, limit: int) -> str:
+    """RabbitMQ's text: it says "configured" only when the limit is not its default."""
+    configured = "" if limit == _DEFAULT_MAX_MESSAGE_SIZE else "configured "
+    return f"message size {size} is larger than {configured}max size {limit}"
 
 
 def _ignore(channel: ServerChannel, method: amqp.Method) -> None:
