@@ -113,7 +113,9 @@ def check_channel(channel: Channel, now: float, default_ms: int) -> int | None:
     Returns the shortest timeout (ms) that applies on the channel, or None.
     """
     floor = shortest_timeout(channel, default_ms)
-    marks: deque[tuple[float, int]] = channel.ack_marks
+    marks = channel.ack_marks
+    if marks is None:
+        marks = channel.ack_marks = deque()
     next_tag = channel.next_delivery_tag
     if not marks or marks[-1][1] != next_tag:
         marks.append((now, next_tag))
