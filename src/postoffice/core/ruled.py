@@ -13,10 +13,12 @@ Theory of operation:
 * An entry leaves early (expired, or dropped by ``drop-head``) by being marked gone;
   it stays in its deque until it reaches the head or the deques are compacted, and
   ``ready``/``ready_bytes`` count only live ones.
-* Expiry: entries with a deadline sit in a heap; one timer, armed for the earliest
-  deadline, dead-letters every entry due, wherever it is in the queue (RabbitMQ only
-  expires messages at the head).  Delivery checks the deadline too, so an expired
-  message is never delivered.
+* Expiry: one timer, armed for the earliest deadline, dead-letters every entry due,
+  wherever it is in the queue (RabbitMQ only expires messages at the head).  Entries
+  whose deadline is the queue's own TTL need no bookkeeping: their deadlines grow
+  with their place in line, so the timer looks at the head of each level.  Entries
+  with a shorter per-message TTL (and requeued ones) also sit in a heap.  Delivery
+  checks the deadline too, so an expired message is never delivered.
 * Returns (nack/reject with requeue, a channel closing with unacked deliveries) count
   per entry; past ``x-delivery-limit`` the entry is dead-lettered instead.  The count
   shows as the ``x-delivery-count`` header on redeliveries, and survives restarts
