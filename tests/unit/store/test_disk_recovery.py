@@ -199,7 +199,7 @@ def test_a_zero_filled_tail_is_cut(tmp_path: Path, caplog: pytest.LogCaptureFixt
         file.write(bytes(4096))
     store = make(tmp_path)
     assert numbers(store) == [0, 1, 2, 3]
-    assert "past the end of the file" in caplog.text
+    assert "a frame of length 0 (a zero-filled tail)" in caplog.text
     store.close()
 
 

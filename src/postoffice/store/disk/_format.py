@@ -109,7 +109,9 @@ def scan(data: bytes, start: int) -> tuple[list[int], int, str]:
             return offsets, pos, "a torn frame header"
         length, crc = _unpack_frame(data, pos)
         end = pos + FRAME.size + length
-        if length == 0 or end > size:
+        if length == 0:
+            return offsets, pos, "a frame of length 0 (a zero-filled tail)"
+        if end > size:
             return offsets, pos, f"a frame of length {length} past the end of the file"
         if _crc32(view[pos + FRAME.size : end]) != crc:
             return offsets, pos, "a CRC mismatch"
