@@ -145,7 +145,10 @@ class Recovery:
             length, crc = _unpack_frame(data, pos)
             start = pos + FRAME.size
             end = start + length
-            if length == 0 or end > size:
+            if length == 0:
+                reason = "a frame of length 0 (a zero-filled tail)"
+                break
+            if end > size:
                 reason = f"a frame of length {length} past the end of the file"
                 break
             if _crc32(view[start:end]) != crc:
