@@ -297,3 +297,38 @@ async def test_immediate_publish_closes_the_connection_with_540(url, names):
         again = await kept.get(timeout=5, no_ack=True)
         assert (again.body, again.redelivered) == (b"accepted", True)
         assert await kept.get(fail=False) is None
+
+
+@run_async
+async def test_retry_with_ttl_and_dead_letters(url, names):
+    """The retry pattern: a failed message waits in a TTL queue that dead-letters it
+    back to the work queue, and x-death counts the rounds it went through."""
+    work, wait = names("work"), names("wait")
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(
+            wait,
+            arguments={
+                "x-message-ttl": 20,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": work,
+            },
+        )
+        work_queue = await channel.declare_queue(
+            work,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": wait},
+        )
+        await channel.default_exchange.publish(aio_pika.Message(b"job"), routing_key=work)
+        rounds = []
+        async with work_queue.iterator() as messages:
+            async for message in messages:
+                deaths = (message.headers or {}).get("x-death") or []
+                rounds.append(sorted((d["queue"], d["reason"], d["count"]) for d in deaths))
+                await message.reject(requeue=False)  # fails: off to the wait queue
+                if len(rounds) == 3:
+                    break
+        assert rounds == [
+            [],
+            [(wait, "expired", 1), (work, "rejected", 1)],
+            [(wait, "expired", 2), (work, "rejected", 2)],
+        ]
