@@ -383,11 +383,27 @@ class Channel:
         return [record for _, record in taken]
 
     def ack(self, delivery_tag: int, multiple: bool) -> None:
+        if multiple and delivery_tag and not self.tx_mode and delivery_tag in self.unacked:
+            self._ack_upto(delivery_tag)
+            return
         records = self._take(delivery_tag, multiple)
         if self.tx_mode:
             self._tx_settles.append((records, ACKED))
         else:
             self._settle(records, ACKED)
+
+    def _ack_upto(self, delivery_tag: int) -> None:
+        """basic.ack multiple=true outside a transaction: the hot path of acks, without
+        the (tag, record) pairs a transaction needs."""
+        pop = self.unacked.pop
+        records: list[Unacked] = []
+        append = records.append
+        for tag in range(self._ack_floor, delivery_tag + 1):
+            record = pop(tag, None)
+            if record is not None:
+                append(record)
+        self._ack_floor = delivery_tag + 1
+        self._settle(records, ACKED)
 
     def nack(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
         records = self._take(delivery_tag, multiple)
@@ -416,15 +432,21 @@ class Channel:
         """Ends deliveries: acked, requeued, or rejected (dead-lettered by a ruled queue)."""
         kicked: dict[Queue, None] = {}
         settled: dict[Queue, list[QueueEntry]] = {}
+        # Deliveries to one consumer come in runs: its count is settled once per run.
+        run_consumer: Consumer | None = None
+        run = 0
         for entry, queue, consumer in records:
+            if consumer is not run_consumer:
+                if run_consumer is not None:
+                    self._release_run(run_consumer, run, kicked)
+                run_consumer, run = consumer, 0
             if consumer is not None:
-                consumer.unacked -= 1
-                self.unacked_count -= 1
-                if consumer.queue is not None:
-                    kicked[consumer.queue] = None
+                run += 1
             # Acks of transient messages concern only ruled queues (de-duplication keys).
             if queue is not None and (how or entry.store_id or queue.settles_acks):
                 settled.setdefault(queue, []).append(entry)
+        if run_consumer is not None:
+            self._release_run(run_consumer, run, kicked)
         for queue, entries in settled.items():
             if how == REQUEUED:
                 queue.requeue(entries)
@@ -437,6 +459,13 @@ class Channel:
         else:
             for queue in kicked:
                 queue.dispatch()
+
+    def _release_run(self, consumer: Consumer, count: int, kicked: dict[Queue, None]) -> None:
+        """``count`` deliveries to ``consumer`` ended: it has prefetch room again."""
+        consumer.unacked -= count
+        self.unacked_count -= count
+        if consumer.queue is not None:
+            kicked[consumer.queue] = None
 
     # -- publishing ----------------------------------------------------------------
 
