@@ -488,13 +488,14 @@ class Channel:
                 f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.vhost.name}'"
             )
         expiring = False
-        if properties.inspect_on_publish:
+        inspect = properties.inspect_on_publish
+        if inspect:
             properties, expiring = self._inspect(properties)
         message = Message(exchange_name, routing_key, properties, body)
         if self.tx_mode:
             self._tx_publishes.append((exchange_name, message, mandatory, expiring))
             return
-        refused = self._route(message, mandatory, expiring)
+        refused = self._route(message, mandatory, expiring, exchange, inspect)
         if self.confirm_mode:
             self._publish_seq += 1
             self._confirm(self._publish_seq, not refused)
@@ -541,13 +542,26 @@ class Channel:
             )
         return properties, expiration is not None
 
-    def _route(self, message: Message, mandatory: bool, expiring: bool = False) -> bool:
-        """Routes and enqueues a message; True when a full queue refused it."""
+    def _route(
+        self,
+        message: Message,
+        mandatory: bool,
+        expiring: bool = False,
+        exchange: Exchange | None = None,
+        inspect: bool = True,
+    ) -> bool:
+        """Routes and enqueues a message; True when a full queue refused it.
+
+        ``exchange`` is the message's exchange when the caller has just looked it up
+        (None: look it up, it may be gone after a transaction); ``inspect`` False is
+        the properties' promise that no CC/BCC headers need reading.
+        """
         vhost = self.vhost
-        exchange = vhost.exchanges.get(message.exchange)
+        if exchange is None:
+            exchange = vhost.exchanges.get(message.exchange)
         if exchange is None:  # deleted inside a transaction
             queues: list[Queue] = []
-        elif message.properties.inspect_on_publish:
+        elif inspect and message.properties.inspect_on_publish:
             queues = self._route_sender_selected(exchange, message)
         else:
             queues = vhost.route(exchange, message)
