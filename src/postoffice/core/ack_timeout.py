@@ -21,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PreconditionFailed
+from .arguments import int_argument
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -37,9 +38,8 @@ _MAX_INTERVAL = 30.0
 def timeout_argument(arguments: dict[str, Any]) -> int | None:
     """An ``x-consumer-timeout`` argument in ms, or None when absent or not a positive int."""
     value = arguments.get("x-consumer-timeout")
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
+    timeout = int_argument(value)
+    return timeout if timeout is not None and timeout > 0 else None
 
 
 class AckTimeouts:

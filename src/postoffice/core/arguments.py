@@ -15,7 +15,15 @@ from typing import Any
 
 from ..errors import PreconditionFailed
 
-__all__ = ["MAX_EXPIRY_MS", "QUEUE_TYPES", "check_queue_arguments", "check_queue_type", "wire_type"]
+__all__ = [
+    "MAX_EXPIRY_MS",
+    "QUEUE_TYPES",
+    "check_queue_arguments",
+    "check_queue_type",
+    "int_argument",
+    "text_argument",
+    "wire_type",
+]
 
 QUEUE_TYPES = ("classic", "quorum", "stream")
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
@@ -49,10 +57,16 @@ def wire_type(value: Any) -> str:
     return "void"
 
 
-def _text(value: Any) -> str | None:
+def text_argument(value: Any) -> str | None:
+    """An argument's text (a longstr may arrive as bytes); None if it is not one."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
+
+
+def int_argument(value: Any) -> int | None:
+    """An argument's integer (any width, never a bool); None if it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _integer(value: Any) -> str | None:
@@ -97,7 +111,7 @@ def _max_priority(value: Any, _: Mapping[str, Any]) -> str | None:
 
 
 def _string(value: Any, _: Mapping[str, Any]) -> str | None:
-    return None if _text(value) is not None else f"{{unacceptable_type,{wire_type(value)}}}"
+    return None if text_argument(value) is not None else f"{{unacceptable_type,{wire_type(value)}}}"
 
 
 def _dead_letter_routing_key(value: Any, arguments: Mapping[str, Any]) -> str | None:
@@ -109,7 +123,7 @@ def _dead_letter_routing_key(value: Any, arguments: Mapping[str, Any]) -> str | 
 
 def _one_of(choices: tuple[str, ...], reason: Callable[[str], str]) -> _Check:
     def check(value: Any, arguments: Mapping[str, Any]) -> str | None:
-        text = _text(value)
+        text = text_argument(value)
         if text is None:
             return f"{{unacceptable_type,{wire_type(value)}}}"
         return None if text in choices else reason(text)
@@ -217,7 +231,7 @@ def check_queue_type(
 ) -> None:
     """RabbitMQ's rules of a queue's type: the arguments it takes, and a quorum queue
     must be durable, not exclusive and not auto-delete (406 with RabbitMQ's texts)."""
-    kind = _text(arguments.get("x-queue-type")) or "classic"
+    kind = text_argument(arguments.get("x-queue-type")) or "classic"
     allowed = _TYPE_ARGUMENTS.get(kind, _TYPE_ARGUMENTS["classic"])
     for key in arguments:
         if key in _KNOWN_ARGUMENTS and key not in allowed:

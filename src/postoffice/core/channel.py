@@ -23,7 +23,7 @@ from ..errors import (
     PreconditionFailed,
 )
 from .ack_timeout import effective_timeout, timeout_argument
-from .arguments import wire_type
+from .arguments import int_argument, wire_type
 from .deadletter import parse_expiration
 from .exchange import Exchange
 from .message import Message, Properties, QueueEntry, routing_keys_of
@@ -98,9 +98,7 @@ class Consumer:
         self.arguments = dict(arguments or {})
         priority = self.arguments.get("x-priority", 0)
         # x-priority: higher-priority consumers get messages while they have room.
-        self.priority = (
-            priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
-        )
+        self.priority = int_argument(priority) or 0
         # x-consumer-timeout (ms): this consumer's ack timeout, over the queue's and broker's.
         self.timeout = timeout_argument(self.arguments)
 

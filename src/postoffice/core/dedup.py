@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import PreconditionFailed
 from ..store import QueueRecord
-from .arguments import MAX_EXPIRY_MS
+from .arguments import MAX_EXPIRY_MS, int_argument, text_argument
 from .deadletter import parse_expiration
 
 if TYPE_CHECKING:
@@ -178,19 +178,13 @@ def _framed(data: bytes) -> bytes:
 # -- arguments ---------------------------------------------------------------------
 
 
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
-
-
 def _check_number(value: Any, error: str, string_error: str) -> None:
     """The plugin's rule: a positive integer of any width, or a string of an integer."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value > 0:
             return
         raise PreconditionFailed(error)
-    text = _text(value)
+    text = text_argument(value)
     if text is None:
         raise PreconditionFailed(error)
     if not _INTEGER.fullmatch(text) or int(text) <= 0:
@@ -202,7 +196,7 @@ def _number(value: Any) -> int | None:
     ``rabbit_argument(..., type: :number)``), None when absent or unreadable."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    text = _text(value)
+    text = text_argument(value)
     if text is not None and _INTEGER.fullmatch(text):
         return int(text)
     return None
@@ -241,7 +235,7 @@ class QueueDeduplication:
         # key -> when it lapses (epoch seconds), or None for never.
         self.keys: dict[bytes, float | None] = {}
         ttl = arguments.get("x-message-ttl")
-        self._ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None
+        self._ttl = int_argument(ttl)
         self._clock = clock
 
     def admit(self, message: Message) -> bool:

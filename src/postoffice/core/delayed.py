@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PreconditionFailed
+from .arguments import int_argument, text_argument
 from .exchange import EXCHANGE_TYPES
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class _Bucket:
 class DelayedExchange:
     @staticmethod
     def check_arguments(arguments: Mapping[str, Any], what: str) -> None:
-        kind = _text(arguments.get("x-delayed-type"))
+        kind = text_argument(arguments.get("x-delayed-type"))
         if kind not in EXCHANGE_TYPES:
             # The plugin's text, word for word.
             raise PreconditionFailed(
@@ -77,7 +78,7 @@ class DelayedExchange:
 
     @staticmethod
     def routing_type(arguments: Mapping[str, Any]) -> str:
-        kind = _text(arguments.get("x-delayed-type"))
+        kind = text_argument(arguments.get("x-delayed-type"))
         return kind if kind in EXCHANGE_TYPES else "direct"
 
     def __init__(self, vhost: VHost, exchange: Exchange) -> None:
@@ -229,13 +230,5 @@ class DelayedExchange:
 def _delay(headers: dict[str, Any] | None) -> int:
     if not headers:
         return 0
-    value = headers.get("x-delay")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return min(value, MAX_DELAY_MS)
-    return 0
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
+    delay = int_argument(headers.get("x-delay"))
+    return 0 if delay is None else min(delay, MAX_DELAY_MS)

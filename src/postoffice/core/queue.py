@@ -151,20 +151,12 @@ class Queue:
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """Puts delivered entries back at their old place in line, marked redelivered."""
-        returned = sorted(entries, key=_by_seq)
+        returned = sorted(entries, key=by_seq)
         if not returned or self.deleted:
             return
         for entry in returned:
             entry.redelivered = True
-        waiting = self.messages
-        if not waiting or returned[-1].seq < waiting[0].seq:
-            waiting.extendleft(reversed(returned))
-        elif returned[0].seq > waiting[-1].seq:
-            waiting.extend(returned)
-        else:
-            merged = sorted([*waiting, *returned], key=_by_seq)
-            waiting.clear()
-            waiting.extend(merged)
+        merge_in_line(self.messages, returned)
         self.dispatch()
 
     # -- messages out --------------------------------------------------------------
@@ -278,5 +270,17 @@ class Queue:
         return f"Queue({self.name!r}, {len(self.messages)} waiting)"
 
 
-def _by_seq(entry: QueueEntry) -> int:
+def by_seq(entry: QueueEntry) -> int:
     return entry.seq
+
+
+def merge_in_line(line: deque[Any], returned: list[Any]) -> None:
+    """Puts returned entries (in seq order) back into ``line`` at their places."""
+    if not line or returned[-1].seq < line[0].seq:
+        line.extendleft(reversed(returned))
+    elif returned[0].seq > line[-1].seq:
+        line.extend(returned)
+    else:
+        merged = sorted([*line, *returned], key=by_seq)
+        line.clear()
+        line.extend(merged)

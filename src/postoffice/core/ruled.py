@@ -35,10 +35,11 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .arguments import int_argument, text_argument
 from .deadletter import Long, parse_expiration
 from .dedup import QueueDeduplication
 from .message import Message, QueueEntry
-from .queue import PAGE_OUT_DEPTH, Queue
+from .queue import PAGE_OUT_DEPTH, Queue, by_seq, merge_in_line
 
 if TYPE_CHECKING:
     from .channel import Consumer
@@ -74,7 +75,8 @@ def needs_rules(arguments: Mapping[str, Any]) -> bool:
     """Whether a queue with these arguments is a RuledQueue (quorum queues always are:
     they count returns)."""
     return (
-        not RULE_ARGUMENTS.isdisjoint(arguments) or _text(arguments.get("x-queue-type")) == "quorum"
+        not RULE_ARGUMENTS.isdisjoint(arguments)
+        or text_argument(arguments.get("x-queue-type")) == "quorum"
     )
 
 
@@ -149,29 +151,29 @@ class Rules:
 
     def __init__(self, host: VHost, arguments: Mapping[str, Any]) -> None:
         self.host = host
-        self.max_priority = _int(arguments.get("x-max-priority")) or 0
+        self.max_priority = int_argument(arguments.get("x-max-priority")) or 0
         self.levels: list[deque[RuledEntry]] = [deque() for _ in range(self.max_priority + 1)]
         self.ready = 0
         self.ready_bytes = 0
         self.gone = 0
-        self.ttl = _int(arguments.get("x-message-ttl"))  # ms, or None
+        self.ttl = int_argument(arguments.get("x-message-ttl"))  # ms, or None
         self.expiring: list[tuple[float, int, RuledEntry]] = []  # own deadlines, a heap
         self.expiry_timer: Timer | None = None
-        self.expires = _int(arguments.get("x-expires"))  # ms, or None
+        self.expires = int_argument(arguments.get("x-expires"))  # ms, or None
         self.expires_timer: Timer | None = None
         self.last_used = host.clock.monotonic()
         dlx = arguments.get("x-dead-letter-exchange")
-        self.dead_letter_exchange = _text(dlx)
-        self.dead_letter_routing_key = _text(arguments.get("x-dead-letter-routing-key"))
-        self.max_length = _int(arguments.get("x-max-length"))
-        self.max_bytes = _int(arguments.get("x-max-length-bytes"))
-        self.overflow = _text(arguments.get("x-overflow")) or "drop-head"
+        self.dead_letter_exchange = text_argument(dlx)
+        self.dead_letter_routing_key = text_argument(arguments.get("x-dead-letter-routing-key"))
+        self.max_length = int_argument(arguments.get("x-max-length"))
+        self.max_bytes = int_argument(arguments.get("x-max-length-bytes"))
+        self.overflow = text_argument(arguments.get("x-overflow")) or "drop-head"
         self.bounded = self.max_length is not None or self.max_bytes is not None
         self.refuses = self.bounded and self.overflow != "drop-head"  # reject-publish(-dlx)
         self.drops_head = self.bounded and self.overflow == "drop-head"
         self.monotonic = host.clock.monotonic
-        self.delivery_limit = _int(arguments.get("x-delivery-limit"))
-        quorum = _text(arguments.get("x-queue-type")) == "quorum"
+        self.delivery_limit = int_argument(arguments.get("x-delivery-limit"))
+        quorum = text_argument(arguments.get("x-queue-type")) == "quorum"
         # Quorum queues show x-delivery-count on redeliveries; so does any queue with a limit.
         self.count_returns = quorum or self.delivery_limit is not None
         self.single_active = arguments.get("x-single-active-consumer") is True
@@ -335,7 +337,7 @@ class RuledQueue(Queue):
         over_limit: list[RuledEntry] = []
         expired: list[RuledEntry] = []
         now = rules.host.clock.monotonic()
-        for item in sorted(entries, key=_by_seq):
+        for item in sorted(entries, key=by_seq):
             entry = item if isinstance(item, RuledEntry) else self._adopt(item)
             entry.returns += 1
             entry.redelivered = True
@@ -360,7 +362,7 @@ class RuledQueue(Queue):
             if entry.deadline:
                 self._expire_at(entry)
         for level, returned in by_level.items():
-            _merge(rules.levels[level], returned)
+            merge_in_line(rules.levels[level], returned)
         self._drop_overflow()
         self.dispatch()
 
@@ -536,7 +538,7 @@ class RuledQueue(Queue):
                 rules.ready -= 1
                 rules.ready_bytes -= entry.size
                 rules.gone += 1
-            due.sort(key=_by_seq)
+            due.sort(key=by_seq)
             self._dead_letter(due, "expired")
             self._sweep()
         self._rearm_expiry()
@@ -692,29 +694,3 @@ def promote(queue: Queue, host: VHost) -> RuledQueue:
         size = len(old.message.body) if old.message is not None else 0
         ruled._append(RuledEntry(old.seq, old.message, old.redelivered, old.store_id, 0.0, 0, size))
     return ruled
-
-
-def _merge(line: deque[RuledEntry], returned: list[RuledEntry]) -> None:
-    """Puts returned entries (in seq order) back into ``line`` at their places."""
-    if not line or returned[-1].seq < line[0].seq:
-        line.extendleft(reversed(returned))
-    elif returned[0].seq > line[-1].seq:
-        line.extend(returned)
-    else:
-        merged = sorted([*line, *returned], key=_by_seq)
-        line.clear()
-        line.extend(merged)
-
-
-def _by_seq(entry: QueueEntry) -> int:
-    return entry.seq
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
